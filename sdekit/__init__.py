@@ -1,0 +1,9 @@
+"""sdekit: numerical SDEs and ODEs in PyTorch."""
+from . import solvers
+from .errors import MaxStepsError, NonFiniteError, SDEKitError, ShapeError, SolverError
+from .problems import ODE, SDE
+from .solution import Solution
+
+__all__ = ["SDE", "ODE", "Solution", "solvers", "SDEKitError", "ShapeError", "NonFiniteError",
+           "MaxStepsError", "SolverError"]
+__version__ = "0.1.0"

@@ -1,0 +1,104 @@
+"""Problem definitions: :class:`SDE` and :class:`ODE`.
+
+A problem is an object with ``drift(t, x)`` (and ``diffusion(t, x)`` for an SDE). ``x`` has any
+shape ``(batch, *dims)``; ``t`` is a 0-d tensor on ``x``'s device and dtype. Problems that declare
+``batched_time = True`` also accept ``t`` of shape ``(batch,)`` (one time per sample), which lets
+adaptive solvers keep a step size per sample.
+
+Noise types (the shape ``diffusion`` returns, and how the Brownian increment ``dW`` enters):
+
+============  ==========================  ======================  =======================
+noise_type    diffusion(t, x) shape        Brownian shape          update term
+============  ==========================  ======================  =======================
+diagonal      ``x.shape``                 ``x.shape``             ``g * dW``
+additive      ``x.shape`` (no x-dependence) ``x.shape``           ``g * dW``
+scalar        ``x.shape``                 ``(batch,)``            ``g * dW`` (broadcast)
+general       ``(*x.shape, m)``           ``(batch, m)``          ``sum_j g[..., j] dW_j``
+============  ==========================  ======================  =======================
+
+``m`` is the class attribute ``brownian_size`` of a general-noise SDE.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import ShapeError
+
+NOISE_TYPES = ("diagonal", "additive", "scalar", "general")
+
+
+class ODE:
+    """An ordinary differential equation ``dx/dt = drift(t, x)``. Subclass and define ``drift``."""
+
+    batched_time: bool = False
+
+    def drift(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define drift(t, x)")
+
+
+class SDE:
+    """An Itô SDE ``dx = drift(t, x) dt + diffusion(t, x) dW``.
+
+    Subclass, set ``noise_type`` (and ``brownian_size`` for general noise) and define ``drift`` and
+    ``diffusion``. A problem may also define ``score(t, x)`` (the gradient of the log-density of its
+    marginal) for the Langevin corrector of the predictor-corrector solver.
+    """
+
+    noise_type: str = "diagonal"
+    brownian_size: int | None = None
+    batched_time: bool = False
+
+    def drift(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define drift(t, x)")
+
+    def diffusion(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define diffusion(t, x)")
+
+
+def is_sde(problem) -> bool:
+    """Whether ``problem`` is stochastic (has a diffusion term)."""
+    return hasattr(problem, "diffusion") and getattr(problem, "noise_type", None) is not None
+
+
+def brownian_shape(problem, x_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of the Brownian increment the SDE ``problem`` consumes for a state of ``x_shape``."""
+    noise_type = problem.noise_type
+    if noise_type in ("diagonal", "additive"):
+        return tuple(x_shape)
+    if noise_type == "scalar":
+        return (x_shape[0],)
+    if noise_type == "general":
+        if not isinstance(problem.brownian_size, int) or problem.brownian_size < 1:
+            raise ValueError(
+                f"{type(problem).__name__} has noise_type='general' but brownian_size="
+                f"{problem.brownian_size!r}; set the class attribute brownian_size to the number "
+                "of Brownian motions m (diffusion returns shape (*x.shape, m))")
+        return (x_shape[0], problem.brownian_size)
+    raise ValueError(f"{type(problem).__name__}.noise_type={noise_type!r} is not one of {NOISE_TYPES}")
+
+
+def diffusion_shape(problem, x_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape ``diffusion(t, x)`` must return for a state of ``x_shape``."""
+    if problem.noise_type == "general":
+        return (*x_shape, problem.brownian_size)
+    return tuple(x_shape)
+
+
+def apply_diffusion(noise_type: str, g: torch.Tensor, dW: torch.Tensor) -> torch.Tensor:
+    """The noise term ``g dW`` for the given noise type (shapes as in the module docstring)."""
+    if noise_type == "general":
+        return torch.einsum("b...m,bm->b...", g, dW)
+    if noise_type == "scalar":
+        return g * dW.reshape(dW.shape[0], *([1] * (g.dim() - 1)))
+    return g * dW
+
+
+def check_output(name: str, problem, value, expected: tuple[int, ...]) -> None:
+    """Raise :class:`ShapeError` unless ``value`` is a tensor of shape ``expected``."""
+    if not isinstance(value, torch.Tensor):
+        raise ShapeError(f"{type(problem).__name__}.{name} returned {type(value).__name__}; "
+                         f"expected a tensor of shape {tuple(expected)}")
+    if tuple(value.shape) != tuple(expected):
+        raise ShapeError(f"{type(problem).__name__}.{name} returned shape {tuple(value.shape)}; "
+                         f"expected {tuple(expected)} (noise_type={getattr(problem, 'noise_type', None)!r}). "
+                         "Return one value per state element, keeping the batch dimension first.")

@@ -1,0 +1,45 @@
+"""Solver registry: names -> solver classes. ``available()`` lists them with their orders."""
+from __future__ import annotations
+
+from ..errors import SolverError
+from .base import Increment, Solver
+from .euler_maruyama import EulerMaruyama
+from .runge_kutta import RK4, ButcherTableau, Dopri5, Euler, ExplicitRungeKutta, Heun, Midpoint
+
+_REGISTRY: dict[str, type[Solver]] = {}
+
+
+def register(cls: type[Solver]) -> type[Solver]:
+    """Register a solver class under its ``name`` (usable as a decorator)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name; set the class attribute name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get(solver: str | Solver, **options) -> Solver:
+    """A solver instance from a registered name (with constructor ``options``) or an instance."""
+    if isinstance(solver, Solver):
+        if options:
+            raise ValueError(f"options {sorted(options)} were given with a solver instance; "
+                             "pass them to its constructor instead")
+        return solver
+    if isinstance(solver, type) and issubclass(solver, Solver):
+        return solver(**options)
+    if solver not in _REGISTRY:
+        raise SolverError(f"unknown solver {solver!r}; known solvers: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[solver](**options)
+
+
+def available(kind: str | None = None) -> list[dict]:
+    """Registered solvers as dicts (name, kind, order, strong_order, weak_order, noise_types,
+    adaptive), optionally only those of ``kind`` ("ode" or "sde")."""
+    rows = [cls().describe() for cls in _REGISTRY.values()]
+    return [r for r in rows if kind is None or r["kind"] == kind]
+
+
+for _cls in (Euler, Midpoint, Heun, RK4, Dopri5, EulerMaruyama):
+    register(_cls)
+
+__all__ = ["Solver", "Increment", "ButcherTableau", "ExplicitRungeKutta", "available", "get",
+           "register"]
