@@ -3,7 +3,8 @@ from . import solvers
 from .errors import MaxStepsError, NonFiniteError, SDEKitError, ShapeError, SolverError
 from .problems import ODE, SDE
 from .solution import Solution
+from .solve import solve
 
-__all__ = ["SDE", "ODE", "Solution", "solvers", "SDEKitError", "ShapeError", "NonFiniteError",
+__all__ = ["solve", "SDE", "ODE", "Solution", "solvers", "SDEKitError", "ShapeError", "NonFiniteError",
            "MaxStepsError", "SolverError"]
 __version__ = "0.1.0"

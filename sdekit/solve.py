@@ -1,0 +1,359 @@
+"""``sdekit.solve``: one entry point for every problem and solver.
+
+The loop lives here; solvers only compute steps (see :mod:`sdekit.solvers.base`). Backward
+integration (``t1 < t0``) runs every solver forward in the flipped time ``s = -t``: the problem
+``dx = f(t, x) dt + g(t, x) dW`` becomes ``dx = -f(-s, x) ds + g(-s, x) dB_s`` with the Brownian
+motion ``B_s = W(-s)``, which is the reverse-time Itô scheme diffusion samplers use
+(``x_{n+1} = x_n - f \\Delta + g \\sqrt{\\Delta} z`` for Euler–Maruyama).
+
+Fixed-step solves precompute the time grid, take Brownian increments in chunks of
+``CHUNK`` steps, and look for non-finite states once per chunk (one host sync per chunk, none per
+step); when a chunk ends non-finite it is replayed step by step to name the first bad step.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from . import solvers as _solvers
+from .controller import PIController, error_ratio
+from .errors import MaxStepsError, NonFiniteError
+from .problems import apply_diffusion, brownian_shape, check_output, diffusion_shape, is_sde
+from .solution import Solution
+from .solvers.base import Increment, Solver
+
+CHUNK = 32
+DEFAULT_MAX_STEPS = 100_000
+
+
+class _Prepared:
+    """The problem as solvers see it: time possibly flipped, evaluations counted, outputs checked
+    on the first call."""
+
+    def __init__(self, problem, x_shape: tuple[int, ...], flip: bool):
+        self.problem = problem
+        self.flip = flip
+        self.nfe = 0
+        self.noise_type = getattr(problem, "noise_type", None)
+        self.batched_time = getattr(problem, "batched_time", False)
+        self._x_shape = tuple(x_shape)
+        self._drift = problem.drift
+        self.drift = self._first_drift
+        if is_sde(problem):
+            self._diffusion = problem.diffusion
+            self.diffusion = self._first_diffusion
+        if callable(getattr(problem, "score", None)):
+            self._score = problem.score
+            self.score = self._score_flipped if flip else problem.score
+
+    def _first_drift(self, t, x):
+        value = self._drift(-t if self.flip else t, x)
+        check_output("drift", self.problem, value, tuple(x.shape))
+        self.drift = self._drift_flipped if self.flip else self._drift_counted
+        self.nfe += 1
+        return -value if self.flip else value
+
+    def _drift_counted(self, t, x):
+        self.nfe += 1
+        return self._drift(t, x)
+
+    def _drift_flipped(self, t, x):
+        self.nfe += 1
+        return -self._drift(-t, x)
+
+    def _first_diffusion(self, t, x):
+        value = self._diffusion(-t if self.flip else t, x)
+        check_output("diffusion", self.problem, value, diffusion_shape(self.problem, tuple(x.shape)))
+        self.diffusion = self._diffusion_flipped if self.flip else self._diffusion
+        return value
+
+    def _diffusion_flipped(self, t, x):
+        return self._diffusion(-t, x)
+
+    def _score_flipped(self, t, x):
+        return self._score(-t, x)
+
+
+def _as_time(value, name: str) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar time, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={value} is not finite")
+    return value
+
+
+def _check_x0(x0) -> None:
+    if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
+        raise TypeError(f"x0 must be a floating-point tensor of shape (batch, *dims), got {type(x0).__name__}"
+                        + (f" of dtype {x0.dtype}" if isinstance(x0, torch.Tensor) else ""))
+    if x0.dim() < 1:
+        raise ValueError("x0 must have a batch dimension: shape (batch, *dims); use x0[None] for one state")
+    if not torch.isfinite(x0).all():
+        raise NonFiniteError("x0 contains NaN or infinite values (step 0)")
+
+
+def _time_grid(t0: float, t1: float, steps, ts, save_at, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed-step grid (including every save_at time) and a mask of the grid points to save."""
+    if ts is not None:
+        grid = torch.as_tensor(ts, dtype=torch.float64).flatten()
+        if grid.numel() < 2:
+            raise ValueError("ts must hold at least two times (t0 and t1)")
+        if abs(grid[0].item() - t0) > 1e-12 * max(1.0, abs(t0)) or abs(grid[-1].item() - t1) > 1e-12 * max(1.0, abs(t1)):
+            raise ValueError(f"ts must start at t0={t0} and end at t1={t1}; got {grid[0].item()} ... {grid[-1].item()}")
+        diffs = (grid[1:] - grid[:-1]) * (1 if t1 > t0 else -1)
+        if not (diffs > 0).all():
+            raise ValueError("ts must be strictly monotone in the direction from t0 to t1")
+    else:
+        if steps is None:
+            raise ValueError("give steps= (number of fixed steps) or ts= (an explicit grid); for an adaptive "
+                             "solver such as 'dopri5' or 'adaptive_em' give rtol= and atol=")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        grid = torch.linspace(t0, t1, steps + 1, dtype=torch.float64)
+    save = _save_times(t0, t1, save_at)
+    if save is not None:
+        grid = torch.cat([grid, save]).unique()
+        if t1 < t0:
+            grid = grid.flip(0)
+        # merge times closer than rounding: keep the grid's own point
+        keep = torch.ones_like(grid, dtype=torch.bool)
+        keep[1:] = (grid[1:] - grid[:-1]).abs() > 1e-12 * max(1.0, abs(t1 - t0))
+        grid = grid[keep]
+        mask = torch.isclose(grid[:, None], save[None, :], rtol=0, atol=1e-12 * max(1.0, abs(t1 - t0))).any(1)
+    else:
+        mask = torch.zeros(grid.numel(), dtype=torch.bool)
+    return grid.to(like.device, like.dtype), mask
+
+
+def _save_times(t0: float, t1: float, save_at) -> torch.Tensor | None:
+    if save_at is None:
+        return None
+    save = torch.as_tensor(save_at, dtype=torch.float64).flatten()
+    lo, hi = min(t0, t1), max(t0, t1)
+    tol = 1e-12 * max(1.0, hi - lo)
+    if ((save < lo - tol) | (save > hi + tol)).any():
+        raise ValueError(f"save_at times must lie in [{lo}, {hi}]; got {save.tolist()}")
+    return save.clamp(lo, hi)
+
+
+def _noise_source(problem, x0, brownian, generator, levy_area: bool, t0: float, t1: float, replayable: bool):
+    from .brownian import BrownianTree, GeneratorNoise
+
+    shape = brownian_shape(problem, tuple(x0.shape))
+    if brownian is not None:
+        if not hasattr(brownian, "increments"):
+            raise TypeError("brownian must be a sdekit.BrownianTree (or an object with increments(ts, levy_area))")
+        if tuple(getattr(brownian, "shape", shape)) != shape:
+            raise ValueError(f"brownian has shape {tuple(brownian.shape)} but this problem needs Brownian "
+                             f"increments of shape {shape} (noise_type={problem.noise_type!r})")
+        return brownian
+    if replayable:
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item()) if generator is not None \
+            else int(torch.randint(0, 2**31 - 1, (1,)).item())
+        return BrownianTree(min(t0, t1), max(t0, t1), shape, seed=seed, dtype=x0.dtype,
+                            device=x0.device, levy_area=levy_area)
+    return GeneratorNoise(shape, generator=generator, dtype=x0.dtype, device=x0.device)
+
+
+def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int | None = None,
+          ts: Sequence[float] | torch.Tensor | None = None, rtol: float | None = None,
+          atol: float | None = None, brownian=None, generator: torch.Generator | None = None,
+          save_at: Sequence[float] | torch.Tensor | None = None, max_steps: int = DEFAULT_MAX_STEPS,
+          progress: bool = False, dt0: float | None = None, **solver_options) -> Solution:
+    """Integrate ``problem`` (an :class:`sdekit.SDE` or :class:`sdekit.ODE`) from ``x0`` at ``t0``
+    to ``t1``.
+
+    Args:
+        problem: the SDE or ODE; ``x0``: the initial state, shape ``(batch, *dims)`` — its dtype and
+            device are used throughout.
+        t0, t1: start and end times; ``t1 < t0`` integrates backwards (reverse-time Itô for SDEs).
+        solver: a registered name (see :func:`sdekit.solvers.available`) or a solver instance;
+            ``solver_options`` go to the solver's constructor when a name is given.
+        steps / ts: a fixed grid of ``steps`` equal steps, or the explicit grid ``ts``.
+        rtol, atol: error tolerances for an adaptive solver (``dopri5``, ``adaptive_em``); ``dt0``
+            optionally sets its first step size.
+        brownian: a :class:`sdekit.BrownianTree` to replay one Brownian path (needed to compare step
+            sizes on the same path); otherwise fixed-step SDE solves draw fresh normals from
+            ``generator`` and adaptive SDE solves build a tree seeded from it.
+        save_at: times at which to save states (added to a fixed grid; hit exactly by adaptive steps).
+        max_steps: budget of attempted steps for adaptive solves (:class:`sdekit.MaxStepsError`).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        :class:`sdekit.Solution`.
+    """
+    solver = _solvers.get(solver, **solver_options)
+    t0, t1 = _as_time(t0, "t0"), _as_time(t1, "t1")
+    if t0 == t1:
+        raise ValueError(f"t0 == t1 == {t0}: nothing to integrate; give two different times")
+    _check_x0(x0)
+    solver.check(problem)
+    adaptive = rtol is not None or atol is not None
+    if adaptive and not solver.adaptive:
+        adaptive_names = [s["name"] for s in _solvers.available() if s["adaptive"]]
+        raise ValueError(f"solver {solver.name!r} takes fixed steps (give steps= or ts=); rtol/atol need an "
+                         f"adaptive solver: {adaptive_names}")
+    if adaptive and (steps is not None or ts is not None):
+        raise ValueError("give either a fixed grid (steps= or ts=) or tolerances (rtol=, atol=), not both")
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    flip = t1 < t0
+    prepared = _Prepared(problem, tuple(x0.shape), flip)
+    sde = is_sde(problem)
+    noise = None
+    if sde:
+        noise = _noise_source(problem, x0, brownian, generator, solver.needs_levy_area, t0, t1,
+                              replayable=adaptive)
+    if adaptive:
+        rtol = 1e-3 if rtol is None else rtol
+        atol = 1e-6 if atol is None else atol
+        if rtol < 0 or atol < 0 or rtol + atol <= 0:
+            raise ValueError(f"tolerances must be non-negative and not both zero; got rtol={rtol}, atol={atol}")
+        return _solve_adaptive(prepared, solver, x0, t0, t1, noise, rtol, atol,
+                               _save_times(t0, t1, save_at), max_steps, progress, dt0)
+    grid, save_mask = _time_grid(t0, t1, steps, ts, save_at, x0)
+    return _solve_fixed(prepared, solver, x0, grid, save_mask, noise, progress, save_at is not None)
+
+
+def _progress_bar(progress: bool, total, unit: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, unit=unit, leave=False)
+
+
+def _solve_fixed(problem: _Prepared, solver: Solver, x0, grid, save_mask, noise, progress, saving) -> Solution:
+    sign = -1.0 if problem.flip else 1.0
+    solver_grid = grid * sign
+    times = list(solver_grid.unbind())
+    dts = list((solver_grid[1:] - solver_grid[:-1]).unbind())
+    n = len(dts)
+    levy = solver.needs_levy_area
+    mask = save_mask.tolist()
+    saved = [x0] if mask[0] else []
+    bar = _progress_bar(progress, n, "step")
+    x = x0
+    state = solver.init(problem, times[0], x0)
+    for start in range(0, n, CHUNK):
+        stop = min(start + CHUNK, n)
+        x_start, state_start = x, state
+        dW = H = None
+        if noise is not None:
+            dW, H = noise.increments(grid[start:stop + 1], levy_area=levy)
+        for i in range(start, stop):
+            increment = None if dW is None else Increment(dts[i], dW[i - start], None if H is None else H[i - start])
+            x, _, state = solver.step(problem, times[i], times[i + 1], x, increment, state)
+            if mask[i + 1]:
+                saved.append(x)
+        if not torch.isfinite(x).all():
+            _locate_nonfinite(problem, solver, x_start, state_start, times, dts, grid, start, stop, dW, H, sign)
+        if bar is not None:
+            bar.update(stop - start)
+    if bar is not None:
+        bar.close()
+    xs = torch.stack(saved) if saving else None
+    ts = grid[save_mask.to(grid.device)] if saving else grid
+    return Solution(x=x, ts=ts, xs=xs, nfe=problem.nfe, n_steps=n, n_rejected=0, grid=grid)
+
+
+def _locate_nonfinite(problem, solver, x, state, times, dts, grid, start, stop, dW, H, sign):
+    """Replay a chunk that ended non-finite, step by step, and raise at the first bad step."""
+    for i in range(start, stop):
+        increment = None if dW is None else Increment(dts[i], dW[i - start], None if H is None else H[i - start])
+        x, _, state = solver.step(problem, times[i], times[i + 1], x, increment, state)
+        if not torch.isfinite(x).all():
+            break
+    raise NonFiniteError(
+        f"the state became NaN or infinite at step {i + 1} of {len(dts)} (t={grid[i + 1].item():.6g}, "
+        f"stepping from t={grid[i].item():.6g}); check the drift/diffusion for overflow at these times, "
+        "or take smaller steps")
+
+
+def _initial_step(problem, solver, x0, t0s, t1s, rtol, atol, f0):
+    """Hairer, Nørsett & Wanner (1993), §II.4 'starting step size' (one extra drift evaluation)."""
+    scale = atol + rtol * x0.abs()
+    d0 = (x0 / scale).pow(2).mean().sqrt()
+    d1 = (f0 / scale).pow(2).mean().sqrt()
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
+    h0 = torch.minimum(h0, (t1s - t0s).abs())
+    f1 = problem.drift(t0s + h0, x0 + h0 * f0)
+    d2 = ((f1 - f0) / scale).pow(2).mean().sqrt() / h0
+    order = solver.error_order + 1 if solver.error_order else 2
+    h1 = torch.where(torch.maximum(d1, d2) <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
+                     (0.01 / torch.maximum(d1, d2)) ** (1.0 / order))
+    return torch.minimum(100 * h0, h1)
+
+
+def _solve_adaptive(problem: _Prepared, solver: Solver, x0, t0: float, t1: float, noise, rtol, atol,
+                    save, max_steps, progress, dt0) -> Solution:
+    sign = -1.0 if problem.flip else 1.0
+    like = dict(dtype=x0.dtype, device=x0.device)
+    t_end = torch.tensor(t1 * sign, **like)
+    t = torch.tensor(t0 * sign, **like)
+    save_s = [] if save is None else sorted(set((save * sign).tolist()))
+    stops = sorted(set([s for s in save_s if s > t0 * sign] + [t1 * sign]))
+    save_set = set(save_s)
+    saved = [x0] if t0 * sign in save_set else []
+    x, state = x0, solver.init(problem, t, x0)
+    controller = PIController(solver.error_order or 1.0)
+    if dt0 is not None:
+        h = torch.tensor(abs(float(dt0)), **like)
+    elif is_sde(problem.problem):
+        h = (t_end - t) / 100
+    else:
+        f0 = state if state is not None else problem.drift(t, x0)
+        h = _initial_step(problem, solver, x0, t, t_end, rtol, atol, f0)
+    accepted_times = [t0]
+    n_steps = n_rejected = 0
+    bar = _progress_bar(progress, abs(t1 - t0), "t")
+    stop_index = 0
+    t_now = t0 * sign
+    while stop_index < len(stops):
+        if n_steps + n_rejected >= max_steps:
+            raise MaxStepsError(
+                f"adaptive solve used max_steps={max_steps} attempted steps and reached t={sign * t_now:.6g} of "
+                f"t1={t1}; raise max_steps, loosen rtol/atol, or check the problem for stiffness or blow-up")
+        target = stops[stop_index]
+        h_step = torch.minimum(h, torch.tensor(target - t_now, **like))
+        hits_stop = bool(h_step >= target - t_now)
+        t_next = torch.tensor(target, **like) if hits_stop else t + h_step
+        increment = None
+        if noise is not None:
+            dW, H = noise.increments(torch.stack([t, t_next]) * sign, levy_area=solver.needs_levy_area)
+            increment = Increment(t_next - t, dW[0], None if H is None else H[0])
+        x_new, error, state_new = solver.step(problem, t, t_next, x, increment, state)
+        ratio = error_ratio(error, x, x_new, rtol, atol)
+        if not torch.isfinite(ratio):
+            ratio = torch.full_like(ratio, 1e10)  # reject and shrink
+            if h_step.item() < 1e-14 * max(1.0, abs(t1 - t0)):
+                raise NonFiniteError(f"the state became NaN or infinite near t={sign * t_now:.6g} and the step "
+                                     "size collapsed; check the drift/diffusion at this time")
+        accepted = ratio <= 1.0
+        if bool(accepted):
+            t, x, state = t_next, x_new, state_new
+            t_previous, t_now = t_now, (target if hits_stop else t.item())
+            n_steps += 1
+            accepted_times.append(t_now * sign)
+            if bar is not None:
+                bar.update(abs(t_now - t_previous))
+            if hits_stop:
+                if target in save_set:
+                    saved.append(x)
+                stop_index += 1
+        else:
+            n_rejected += 1
+        h = controller.next_step(h_step, ratio, accepted)
+    if bar is not None:
+        bar.close()
+    grid = torch.tensor(accepted_times, **like)
+    if save is not None:
+        xs = torch.stack(saved)
+        ts = torch.tensor([sign * s for s in save_s], **like)
+    else:
+        xs, ts = None, grid
+    return Solution(x=x, ts=ts, xs=xs, nfe=problem.nfe, n_steps=n_steps, n_rejected=n_rejected, grid=grid)
