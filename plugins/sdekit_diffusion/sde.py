@@ -305,7 +305,9 @@ class DiffusionSDE(sdekit.SDE):
             alpha, sigma = self._alpha(t), self._sigma(t)
             f, g2 = self._f_g2(t)
             lam = torch.log(alpha) - torch.log(sigma)
-        checks = [
+        decreasing = torch.ones_like(t, dtype=torch.bool)
+        decreasing[1:] = lam[1:] < lam[:-1]
+        checks = [  # (violated where, condition, fix); ties in time go to the earlier entry
             (~torch.isfinite(alpha), "alpha(t) is not finite",
              "alpha must be a finite function of t on [t_min, t_max]"),
             (~torch.isfinite(sigma), "sigma(t) is not finite",
@@ -313,22 +315,22 @@ class DiffusionSDE(sdekit.SDE):
             (~(alpha > 0), "alpha(t) <= 0",
              "alpha must stay positive; lower t_max below the first time alpha reaches 0"),
             (~(sigma > 0), "sigma(t) <= 0",
-             "sigma must stay positive; raise t_min above 0 (sigma(0) = 0 is typical)"),
+             "sigma must stay positive; raise t_min above the times where sigma vanishes "
+             "(sigma(0) = 0 is typical)"),
             (~(torch.isfinite(f) & torch.isfinite(g2)), "f(t) or g(t)^2 is not finite",
-             "check alpha and sigma are differentiable there; lower t_max or raise t_min"),
-            (~(g2 > 0), "g(t)^2 = d sigma^2/dt - 2 f sigma^2 <= 0",
-             "the noise must grow relative to the signal: log(alpha/sigma) must strictly decrease"),
+             "alpha and sigma must be differentiable there; lower t_max or raise t_min"),
+            (~(g2 > 0) | ~decreasing,
+             "log-SNR log(alpha/sigma) is not strictly decreasing (g(t)^2 = d sigma^2/dt - "
+             "2 f sigma^2 <= 0)",
+             "the noise must grow relative to the signal with t: check alpha and sigma are not "
+             "swapped, or restrict [t_min, t_max] to where the SNR falls"),
         ]
-        for bad, condition, fix in checks:
-            if bool(bad.any()):
-                raise ValueError(f"invalid schedule for {name}: {condition} at t = "
-                                 f"{t[bad][0].item():.6g}; {fix}")
-        not_decreasing = ~(lam[1:] < lam[:-1])
-        if bool(not_decreasing.any()):
-            raise ValueError(
-                f"invalid schedule for {name}: log-SNR log(alpha/sigma) is not strictly decreasing "
-                f"at t = {t[1:][not_decreasing][0].item():.6g}; the signal-to-noise ratio must fall "
-                "with t (swap alpha and sigma, or restrict [t_min, t_max])")
+        first = [int(bad.nonzero()[0]) if bool(bad.any()) else len(t) for bad, _, _ in checks]
+        index = min(first)
+        if index < len(t):
+            _, condition, fix = checks[first.index(index)]
+            raise ValueError(f"invalid schedule for {name}: {condition} at t = "
+                             f"{t[index].item():.6g}; {fix}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(t_min={self.t_min}, t_max={self.t_max})"
@@ -558,6 +560,9 @@ class CosineVPSDE(DiffusionSDE):
     """
 
     def __init__(self, s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946):
+        if t_max >= 1.0:
+            raise ValueError(f"CosineVPSDE needs t_max < 1 (alpha(1) = 0 and f has a pole there), "
+                             f"got t_max={t_max}; the default 0.9946 keeps alpha ~ 8e-3")
         self.s = float(s)
         self._phi0 = math.pi / 2 * self.s / (1 + self.s)
         super().__init__(self._alpha, self._sigma, t_min, t_max)
