@@ -4,6 +4,10 @@ from __future__ import annotations
 from ..errors import SolverError
 from .base import Increment, Solver
 from .euler_maruyama import EulerMaruyama
+from .milstein import Milstein
+from .sra1 import SRA1
+from .adaptive_em import AdaptiveEulerMaruyama
+from .pc import PredictorCorrector
 from .runge_kutta import RK4, ButcherTableau, Dopri5, Euler, ExplicitRungeKutta, Heun, Midpoint
 
 _REGISTRY: dict[str, type[Solver]] = {}
@@ -38,7 +42,8 @@ def available(kind: str | None = None) -> list[dict]:
     return [r for r in rows if kind is None or r["kind"] == kind]
 
 
-for _cls in (Euler, Midpoint, Heun, RK4, Dopri5, EulerMaruyama):
+for _cls in (Euler, Midpoint, Heun, RK4, Dopri5, EulerMaruyama, Milstein, SRA1, AdaptiveEulerMaruyama,
+             PredictorCorrector):
     register(_cls)
 
 __all__ = ["Solver", "Increment", "ButcherTableau", "ExplicitRungeKutta", "available", "get",
