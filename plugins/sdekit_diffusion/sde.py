@@ -630,6 +630,8 @@ class _ScoreProblem:
 
     def _coefficients(self, t, x):
         t = _as_time(t, x)
+        if t.dim() != 0:
+            t = batch_time(t, x)
         f, g2 = self.sde._f_g2(t)
         return _broadcast_time(f, x), _broadcast_time(g2, x), t
 
