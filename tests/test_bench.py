@@ -1,0 +1,192 @@
+"""sdekit.bench: fitted orders match theory on the standard problems; registry, JSON, text, plots."""
+import importlib
+import json
+import math
+
+import pytest
+import torch
+
+import sdekit
+from sdekit import bench
+
+# the module, not the function sdekit.bench.problems() that shadows it as a package attribute
+bench_problems = importlib.import_module("sdekit.bench.problems")
+
+TOLERANCE = 0.3  # |fitted - theory| allowed, as diffrax's tests
+
+
+def registered(*names):
+    known = {info["name"] for info in sdekit.solvers.available()}
+    missing = [n for n in names if n not in known]
+    if missing:
+        pytest.skip(f"solver(s) {missing} not registered yet")
+
+
+@pytest.fixture(scope="module")
+def gbm_result():
+    names = [n for n in ("euler_maruyama", "milstein") if n in {i["name"] for i in sdekit.solvers.available()}]
+    return bench.run("gbm", names, steps=[8, 16, 32, 64], samples=200, seed=1)
+
+
+@pytest.fixture(scope="module")
+def linear_result():
+    return bench.run("linear", ["euler", "heun", "rk4", "dopri5"], steps=[16, 32, 64, 128],
+                     rtols=[1e-4, 1e-6, 1e-8])
+
+
+# --- orders --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("solver, theory", [("euler", 1.0), ("heun", 2.0), ("rk4", 4.0)])
+def test_ode_orders_on_linear_system(linear_result, solver, theory):
+    fit = linear_result.fit(solver)
+    assert abs(fit.order - theory) < TOLERANCE, fit
+    assert fit.low <= fit.order <= fit.high and fit.points == 4
+    assert linear_result.theory(solver) == theory
+
+
+def test_euler_maruyama_strong_half_on_gbm(gbm_result):
+    fit = gbm_result.fit("euler_maruyama", "strong")
+    assert abs(fit.order - 0.5) < TOLERANCE, fit
+
+
+def test_milstein_strong_one_on_gbm(gbm_result):
+    registered("milstein")
+    fit = gbm_result.fit("milstein", "strong")
+    assert abs(fit.order - 1.0) < TOLERANCE, fit
+
+
+def test_milstein_strong_one_on_scalar_noise():
+    registered("milstein")
+    result = bench.run("rn_scalar", ["milstein"], steps=[8, 16, 32, 64], samples=200, seed=2)
+    assert abs(result.fit("milstein").order - 1.0) < TOLERANCE
+
+
+def test_additive_noise_orders():
+    """Additive noise: Euler-Maruyama is strong (and weak) order 1; SRA1 at least its 1.5 (the noise of
+    this problem is small, so the deterministic order 2 of SRA1 shows)."""
+    registered("sra1")
+    result = bench.run("rn_additive", ["euler_maruyama", "sra1"], steps=[8, 16, 32, 64], samples=64)
+    assert abs(result.fit("euler_maruyama").order - 1.0) < TOLERANCE
+    assert abs(result.fit("euler_maruyama", "weak").order - 1.0) < TOLERANCE
+    assert result.fit("sra1").order > 1.5 - TOLERANCE
+
+
+def test_weak_only_problem_uses_exact_moments():
+    result = bench.run("ou", ["euler_maruyama"], steps=[2, 4, 8], samples=4000)
+    rows = result.rows_of("euler_maruyama")
+    assert all(r["strong_error"] is None for r in rows)
+    errors = [r["weak_error"] for r in rows]
+    assert errors[0] > errors[1] > errors[2]  # weak bias shrinks well above the MC noise here
+    assert rows[0]["weak_error"] > 5 * rows[0]["weak_stderr"]
+    assert math.isnan(result.fit("euler_maruyama", "strong").order)
+
+
+def test_adaptive_rows_use_tolerances(linear_result):
+    rows = linear_result.rows_of("dopri5")
+    assert [r["rtol"] for r in rows] == [1e-4, 1e-6, 1e-8] and all(r["steps"] is None for r in rows)
+    errors = [r["strong_error"] for r in rows]
+    assert errors[0] > errors[1] > errors[2]
+    assert rows[-1]["nfe"] > rows[0]["nfe"]
+
+
+def test_exact_solutions_agree_with_a_fine_solve():
+    linear = bench.get_problem("linear")
+    x = sdekit.solve(linear.problem, linear.initial(1), linear.t0, linear.t1, solver="rk4", steps=2000).x
+    torch.testing.assert_close(x, linear.exact(linear.t1), rtol=0, atol=1e-11)
+    gbm = bench.get_problem("gbm")
+    from sdekit.brownian import BrownianTree
+    bm = BrownianTree(0.0, 1.0, gbm.noise_shape(8), seed=3)
+    x = sdekit.solve(gbm.problem, gbm.initial(8), 0.0, 1.0, solver="euler_maruyama", steps=4096, brownian=bm).x
+    assert (x - gbm.exact(1.0, bm)).abs().max() < 0.1
+
+
+# --- fits ----------------------------------------------------------------------------------------
+
+def test_fit_order_recovers_slope_with_interval():
+    h = [0.1, 0.05, 0.025, 0.0125, 0.00625]
+    wobble = [1.02, 0.97, 1.01, 0.99, 1.0]
+    fit = bench.fit_order(h, [3 * x ** 2 * w for x, w in zip(h, wobble)])
+    assert abs(fit.order - 2) < 0.05 and fit.low < 2 < fit.high and fit.points == 5
+    two = bench.fit_order([0.1, 0.05], [1e-2, 2.5e-3])
+    assert abs(two.order - 2) < 1e-12 and math.isnan(two.low)
+    floor = bench.fit_order([0.1, 0.05, 0.025], [1e-2, 2.5e-3, 1e-17])
+    assert floor.points == 2  # round-off below min_error is left out
+
+
+# --- registry ------------------------------------------------------------------------------------
+
+def test_registry_lists_and_rejects_unknown():
+    names = bench.problems()
+    for name in ("gbm", "rn_additive", "rn_scalar", "ou", "linear"):
+        assert name in names
+        assert bench.get_problem(name).description
+    with pytest.raises(ValueError, match="valid problems: .*gbm"):
+        bench.get_problem("no_such_problem")
+
+
+def test_register_problem_from_outside(monkeypatch):
+    monkeypatch.setattr(bench_problems, "_REGISTRY", dict(bench_problems._REGISTRY))
+
+    class Decay(sdekit.ODE):
+        def drift(self, t, x):
+            return -x
+
+    class DecayProblem(bench.BenchProblem):
+        description = "dx/dt = -x"
+        problem = Decay()
+        x0 = torch.tensor([1.0], dtype=torch.float64)
+
+        def exact(self, t1, bm=None, x0=None):
+            return (self.initial(1) if x0 is None else x0) * math.exp(-(t1 - self.t0))
+
+    bench.register_problem("decay", DecayProblem)
+    assert "decay" in bench.problems()
+    result = bench.run("decay", ["euler"], steps=[10, 20, 40])
+    assert result.meta["problem"] == "decay"
+    assert abs(result.fit("euler").order - 1) < 0.1
+
+
+def test_solver_that_refuses_the_problem_is_reported():
+    registered("sra1")
+    with pytest.raises(sdekit.SolverError, match="noise"):
+        bench.run("gbm", ["sra1"], steps=[4, 8], samples=4)
+
+
+# --- table, JSON, plots --------------------------------------------------------------------------
+
+def test_table_is_readable(gbm_result):
+    text = str(gbm_result)
+    assert "gbm" in text and "euler_maruyama" in text and "fitted strong" in text
+    assert len(text.splitlines()) >= len(gbm_result.rows) + 6
+
+
+def test_json_round_trip(gbm_result, tmp_path):
+    path = tmp_path / "gbm.json"
+    gbm_result.to_json(path)
+    data = json.loads(path.read_text())
+    assert set(data) >= {"meta", "solvers", "rows", "orders"}
+    loaded = bench.BenchResult.from_json(path)
+    assert loaded.to_dict() == gbm_result.to_dict()
+    assert str(loaded) == str(gbm_result)
+    assert loaded.fit("euler_maruyama") == gbm_result.fit("euler_maruyama")
+
+
+def _is_png(path):
+    data = path.read_bytes()
+    return len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_convergence_plot(gbm_result, tmp_path):
+    path = tmp_path / "conv.png"
+    fig = gbm_result.plot_convergence(path)
+    assert _is_png(path)
+    labels = [ax.get_xlabel() for ax in fig.axes]
+    assert labels[0] == "step size h" and "strong error" in fig.axes[0].get_ylabel()
+    assert any("O(h^0.5)" in text.get_text() for text in fig.axes[0].get_legend().get_texts())
+
+
+def test_work_precision_plot(linear_result, tmp_path):
+    path = tmp_path / "work.png"
+    fig = linear_result.plot_work_precision(path)
+    assert _is_png(path)
+    assert [ax.get_xlabel() for ax in fig.axes] == ["NFE (drift evaluations per solve)", "wall time per solve (s)"]
