@@ -172,7 +172,7 @@ def test_coefficients_work_under_inference_mode():
     (lambda t: t, lambda t: 1 - t, 1e-3, 0.999, "log-SNR"),                  # SNR increasing
     (lambda t: 1 - t, lambda t: t - 0.5, 1e-3, 0.999, r"sigma\(t\) <= 0"),    # sigma <= 0
     (lambda t: 1 - t, lambda t: t, 1e-3, 1.2, r"alpha\(t\) <= 0"),            # alpha <= 0
-    (lambda t: torch.ones_like(t), lambda t: 1 + 0.1 * torch.sin(20 * t), 1e-3, 1.0, "g"),
+    (lambda t: torch.ones_like(t), lambda t: 1 + 0.1 * torch.sin(20 * t), 1e-3, 1.0, "log-SNR"),
     (lambda t: 1 - t, lambda t: torch.sqrt(t - 0.5), 0.5, 1.0, "sigma"),     # sigma(t_min) = 0
     (lambda t: torch.log(t - 0.5), lambda t: t, 1e-3, 0.9, "alpha"),          # NaN
 ])
