@@ -64,6 +64,8 @@ def _add_bench(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="samples per batch, one Brownian path per batch (default: all samples in one)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Brownian paths and random initial states (batch b uses seed+b; default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time each solve this many times and report the fastest (default: %(default)s)")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="floating-point type (default: %(default)s)")
     parser.add_argument("--json", metavar="PATH", default=None, help="write the result table as JSON")
     parser.add_argument("--plot", metavar="PATH", default=None,
@@ -106,7 +108,7 @@ def _run_bench(args) -> int:
     try:
         result = bench.run(problem, names, steps=args.steps or list(problem.steps), rtols=args.rtol,
                            atol=args.atol, samples=args.samples, batch_size=args.batch_size, seed=args.seed,
-                           dtype=getattr(torch, args.dtype))
+                           dtype=getattr(torch, args.dtype), repeats=args.repeats)
     except (ValueError, TypeError) as error:  # solver refuses the problem, bad tolerances, ...
         raise UsageError(str(error)) from None
     print(result)
