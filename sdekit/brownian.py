@@ -1,0 +1,501 @@
+r"""Brownian noise sources for :func:`sdekit.solve`.
+
+Every source implements one method (the solve loop calls it once per chunk of about 32 steps, and
+once per step for adaptive solvers)::
+
+    increments(ts, levy_area=False) -> (dW, H or None)
+
+``ts`` is a 1-D tensor of ``k + 1`` monotone times (increasing *or* decreasing). ``dW`` has shape
+``(k, *shape)`` with ``dW[i] = W(ts[i+1]) - W(ts[i])``; with ``levy_area=True`` the second output ``H``
+(same shape) holds the space-time Lévy area of each interval :math:`[a, b]`, :math:`h = |b - a|`,
+
+.. math::  H_{a,b} = \frac{1}{h} \int_a^b \Big(W_s - W_a - \frac{s - a}{h} W_{a,b}\Big)\, ds,
+
+which is symmetric: the same value whichever direction the interval is queried in. Outputs follow
+the source's dtype and device.
+
+Sources:
+
+* :class:`BrownianTree` -- a *virtual* Brownian tree: the path is a deterministic function of
+  ``(seed, t)``, so any order, set or resolution of queries sees the same path (one path solved at
+  many step sizes), in O(1) memory.
+* :class:`GeneratorNoise` -- fresh normals from a ``torch.Generator`` for fixed grids (no replay).
+* :class:`PerSampleNoise` -- fresh normals where sample ``b``'s noise depends only on
+  ``(seed, b + sample_offset, step, element)``, so a sampler gives the same sample ``i`` whatever
+  the batch size (no replay either).
+
+All counter-based randomness comes from :func:`counter_normal`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Protocol, Sequence
+
+import torch
+
+__all__ = ["BrownianSource", "BrownianTree", "GeneratorNoise", "PerSampleNoise", "counter_normal"]
+
+Increments = tuple[torch.Tensor, "torch.Tensor | None"]
+
+
+class BrownianSource(Protocol):
+    """The protocol every noise source implements (see the module docstring)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+
+    def increments(self, ts: torch.Tensor, levy_area: bool = False) -> Increments:
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Counter-based normals
+# ---------------------------------------------------------------------------------------------
+
+_MASK32 = 0xFFFFFFFF
+# Multipliers of Chris Wellons' "lowbias32" integer hash (hash-prospector, bias 0.17).
+_LOWBIAS_1 = 0x7FEB352D
+_LOWBIAS_2 = 0x846CA68B
+_TWO_PI = 2.0 * math.pi
+
+
+def _hash32_(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32, in place, on an int32 tensor read as 32-bit words (a bijection of 32 bits).
+
+    Right shifts are masked so that they act as logical shifts on the two's-complement words, and
+    products wrap modulo 2**32 (PyTorch's int32 multiplication, CPU and CUDA); every intermediate is
+    an int32, so nothing depends on int64 overflow.
+    """
+    x.bitwise_xor_((x >> 16).bitwise_and_(0xFFFF))
+    x.mul_(_LOWBIAS_1)
+    x.bitwise_xor_((x >> 15).bitwise_and_(0x1FFFF))
+    x.mul_(_LOWBIAS_2 - (1 << 32))
+    x.bitwise_xor_((x >> 16).bitwise_and_(0xFFFF))
+    return x
+
+
+def _hash32_int(x: int) -> int:
+    """The same hash on a non-negative Python int (for seeds and key words)."""
+    x &= _MASK32
+    x ^= x >> 16
+    x = (x * _LOWBIAS_1) & _MASK32
+    x ^= x >> 15
+    x = (x * _LOWBIAS_2) & _MASK32
+    x ^= x >> 16
+    return x
+
+
+def _hash32_wide_(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 on an int64 tensor holding values in [0, 2**32) (no overflow: see below)."""
+    # |x * C| < 2**63 for x < 2**32 and |C| < 2**31; the second multiplier is used as C - 2**32.
+    x.bitwise_xor_(x >> 16)
+    x.mul_(_LOWBIAS_1).bitwise_and_(_MASK32)
+    x.bitwise_xor_(x >> 15)
+    x.mul_(_LOWBIAS_2 - (1 << 32)).bitwise_and_(_MASK32)
+    x.bitwise_xor_(x >> 16)
+    return x
+
+
+def _seed_words(seed: int) -> tuple[int, int, int]:
+    """Three 32-bit words derived from an arbitrary Python int seed."""
+    seed = int(seed)
+    folded = 0
+    for word in range(4):  # up to 128 bits of seed, sign included
+        folded = _hash32_int(folded ^ ((seed >> (32 * word)) & _MASK32) ^ (0x68E31DA4 * word))
+    return (_hash32_int(folded ^ 0x9E3779B9), _hash32_int(folded ^ 0x85EBCA6B),
+            _hash32_int(folded ^ 0xC2B2AE35))
+
+
+def _key_words(seed: int, keys: torch.Tensor) -> torch.Tensor:
+    """Two 32-bit words per key, as int32 bit patterns of shape ``(*keys.shape, 2)``."""
+    s_a, s_b, s_c = _seed_words(seed)
+    keys = keys.to(torch.int64)
+    low = keys & _MASK32
+    high = (keys >> 32) & _MASK32
+    word_a = _hash32_wide_(_hash32_wide_(low ^ s_a) ^ high)
+    word_b = _hash32_wide_(_hash32_wide_(low ^ s_b) ^ (high ^ s_c))
+    words = torch.stack((word_a, word_b), dim=-1)
+    return (words - ((words >> 31) << 32)).to(torch.int32)  # [0, 2**32) -> int32 bit patterns
+
+
+def counter_normal(seed: int, keys: torch.Tensor, elements: int | torch.Tensor,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    r"""Two independent standard normals per ``(key, element)``, a pure function of
+    ``(seed, key, element)``: a counter-based generator, vectorised, on ``keys``' device.
+
+    Args:
+        seed: any Python int.
+        keys: int64 tensor of shape ``S`` with values in ``[0, 2**63)`` (e.g. node ids, or
+            ``step * 2**32 + sample``).
+        elements: ``n`` (the element indices ``0..n-1``) or an integer tensor of element indices
+            in ``[0, 2**31)`` of shape ``(..., n)`` whose leading dimensions broadcast against ``S``.
+        dtype: float32 (24-bit uniforms, so |Z| <= 5.9; the fast path) or float64 (32-bit
+            uniforms, |Z| <= 6.7).
+    Returns:
+        a tensor of shape ``(*broadcast(S, elements.shape[:-1]), 2, n)`` and dtype ``dtype``.
+
+    Method: the key's two 32-bit halves and the seed go through two chains of the lowbias32 hash,
+    giving two words ``A(key)``, ``B(key)`` (each a bijection of the key's low half for a fixed
+    high half, so keys below ``2**32`` never share a word). ``hash(A ^ e)`` and ``hash(B ^ e)``
+    give 32 random bits each, turned into uniforms on (0, 1) and into two normals by Box--Muller:
+    :math:`r = \sqrt{-2 \log u_1}`, :math:`Z = (r \cos 2\pi u_2, r \sin 2\pi u_2)`.
+    """
+    device = keys.device
+    words = _key_words(seed, keys)  # (*S, 2)
+    if isinstance(elements, int):
+        elements = torch.arange(elements, device=device, dtype=torch.int32)
+    elements = elements.to(device=device, dtype=torch.int32)
+    bits = _hash32_(words[..., None] ^ elements[..., None, :])  # (*S', 2, n)
+    if dtype == torch.float64:
+        uniform = bits.to(torch.float64).add_(2.0 ** 31 + 0.5).mul_(2.0 ** -32)
+    else:
+        uniform = (bits >> 8).bitwise_and_(0xFFFFFF).to(torch.float32).add_(0.5).mul_(2.0 ** -24)
+    radius = uniform[..., 0, :].log().mul_(-2.0).sqrt_()
+    angle = uniform[..., 1, :].mul_(_TWO_PI)
+    normals = torch.stack((angle.cos(), angle.sin_()), dim=-2).mul_(radius[..., None, :])
+    return normals if normals.dtype == dtype else normals.to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+def _check_shape(shape: Sequence[int] | int) -> tuple[int, ...]:
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}") from None
+    if len(shape) == 0 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                  for n in shape):
+        raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
+    return shape
+
+
+def _as_times(ts, device: torch.device) -> torch.Tensor:
+    ts = torch.as_tensor(ts, device=device)
+    if ts.dim() != 1 or ts.shape[0] < 2:
+        raise ValueError(f"ts must be a 1-D tensor of at least 2 times, got shape {tuple(ts.shape)}")
+    return ts
+
+
+def _accumulation_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+# ---------------------------------------------------------------------------------------------
+# Virtual Brownian tree
+# ---------------------------------------------------------------------------------------------
+
+class BrownianTree:
+    r"""A virtual Brownian tree on ``[t0, t1]`` carrying the space-time Lévy area.
+
+    The path is a deterministic function of ``(seed, t)``: querying a fine grid and then a coarse
+    one gives the same values as the reverse order, so one path can be solved at many step sizes.
+    Memory is O(1); each query costs O(depth) normals per element.
+
+    Args:
+        t0, t1: the interval (``t1 < t0`` is allowed; the tree lives on the sorted interval and
+            ``W`` is 0 at its left end).
+        shape: the shape of ``W`` (a non-empty tuple of positive ints); ``shape[0]`` is the batch
+            for :meth:`increments_per_sample`.
+        seed: any Python int.
+        dtype, device: of the outputs.
+        levy_area: accepted for compatibility; the Lévy area ``H`` is always available.
+        depth: ``L``, the number of dyadic levels (default 24). Query times are snapped to the
+            nearest point of the grid ``t0 + T j / 2**L``, ``T = |t1 - t0|``, so the **time
+            tolerance** is ``T / 2**(L+1)`` (about 3e-8 of the interval by default, float32's
+            resolution near 1). Dyadic times (uniform grids of ``2**k`` steps, ``k <= L``) are exact.
+
+    Construction (Foster, Lyons & Oberhauser 2020, the (W, H) bridge). The root carries
+    :math:`W_{t_0,t_1} = \sqrt{T} Z` and :math:`H = \sqrt{T/12} Z'`. A node ``[s, u]`` of length
+    ``h`` with known :math:`(W_{s,u}, H_{s,u})` splits at its midpoint ``m`` with two fresh normals
+    (Var of the bridge midpoint h/4, Cov(midpoint, H) = h/8, Var H = h/12):
+
+    .. math::
+        W_{s,m} &= \tfrac12 W_{s,u} + \tfrac32 H_{s,u} + \tfrac{\sqrt h}{4} Z_1, \qquad
+        H_{s,m} = \tfrac14 H_{s,u} - \tfrac{\sqrt h}{8} Z_1 + \sqrt{h/48}\, Z_2, \\
+        W_{m,u} &= W_{s,u} - W_{s,m}, \qquad
+        H_{m,u} = 2 H_{s,u} + \tfrac12 W_{s,u} - W_{s,m} - H_{s,m}.
+
+    The normals of a node are :func:`counter_normal` of ``(seed, node id, element)`` (heap ids:
+    level ``l``, position ``j`` -> ``2**l + j``; the root's own pair has id 0).
+
+    Evaluation. The recursion is linear in the normals, and the innovation ``(Z_1, Z_2)`` of a
+    node leaves that node's own ``(W, H)`` unchanged, so it moves the path only inside the node, by
+    ``E[W_r - W_s | W, H] = x W + 6 x (1 - x) H`` (``x = (r - s)/h``) applied to both children.
+    Hence, with ``x`` the position of ``t`` in the left (right) half, scaled to [0, 1):
+
+    .. math::
+        W(t) &= \sum_{\text{nodes} \ni t} \sqrt h \big[g_1(x) Z_1 + g_2(x) Z_2\big] + \text{root},\\
+        g_1 &= \tfrac{x}{4} - \tfrac34 x(1-x) \;\big(\tfrac{1-x}{4} - \tfrac34 x(1-x)\big), \quad
+        g_2 = \tfrac{\sqrt3}{2} x (1-x) \;\big(-\tfrac{\sqrt3}{2} x(1-x)\big),
+
+    and :math:`K(t) = \int_{t_0}^t W` is the same sum with the integrals of :math:`g_1, g_2`
+    (which vanish over a whole node, so nodes left of ``t`` drop out):
+    :math:`\tfrac{h\sqrt h}{8}(x^3 - x^2)` (:math:`\tfrac{h\sqrt h}{8} x(1-x)^2`) and
+    :math:`\tfrac{\sqrt3}{4} h\sqrt h (x^2/2 - x^3/3)` (:math:`\tfrac{\sqrt3}{4} h\sqrt h (1/6 - x^2/2 + x^3/3)`).
+    This is exactly the L-level descent of the recursion above (same normals, same values), done
+    for all levels at once. Then for ``a < b``: :math:`W_{a,b} = W(b) - W(a)`,
+    :math:`\int_a^b (W_r - W_a) dr = K(b) - K(a) - (b - a) W(a)` and
+    :math:`H_{a,b} = \int_a^b (W_r - W_a) dr / (b - a) - W_{a,b} / 2`.
+
+    ``W`` and ``K`` are accumulated in float64 (float32 on MPS) and cast to ``dtype`` at the end,
+    so ``H`` keeps its accuracy for float32 trees. Normals are generated in ``dtype``'s precision
+    (float32 ones for float32 trees).
+    """
+
+    def __init__(self, t0: float, t1: float, shape: Sequence[int], seed: int = 0,
+                 dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
+                 levy_area: bool = False, depth: int | None = None):
+        self.shape = _check_shape(shape)
+        t0, t1 = float(t0), float(t1)
+        if not (math.isfinite(t0) and math.isfinite(t1)) or t0 == t1:
+            raise ValueError(f"BrownianTree needs a finite interval with t0 != t1, got [{t0}, {t1}]")
+        self.t0, self.t1 = t0, t1
+        self._low, self._high = min(t0, t1), max(t0, t1)
+        self._length = self._high - self._low
+        self.seed = int(seed)
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.levy_area = bool(levy_area)
+        self.depth = 24 if depth is None else int(depth)
+        if not 1 <= self.depth <= 52:
+            raise ValueError(f"depth must be in [1, 52], got {self.depth}")
+        self._n_elements = math.prod(self.shape)
+        self._acc_dtype = _accumulation_dtype(self.device)
+        self._tolerance = 1e-9 * self._length + 1e-12 * max(abs(t0), abs(t1))
+        self._level_cache: dict[torch.device, tuple] = {}
+        self._elements: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        return (f"BrownianTree(t0={self.t0}, t1={self.t1}, shape={self.shape}, seed={self.seed}, "
+                f"dtype={self.dtype}, depth={self.depth})")
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def __call__(self, ta, tb) -> torch.Tensor:
+        """``W(tb) - W(ta)`` for scalar times (floats or 0-d tensors), shape ``self.shape``."""
+        ts = torch.stack([torch.as_tensor(ta, dtype=torch.float64).reshape(()),
+                          torch.as_tensor(tb, dtype=torch.float64).reshape(())])
+        return self.increments(ts)[0][0]
+
+    def increments(self, ts: torch.Tensor, levy_area: bool = False) -> Increments:
+        """Increments (and Lévy areas) over consecutive intervals of ``ts``; see the module doc.
+
+        ``ts``: 1-D, ``k + 1`` monotone times in ``[t0, t1]``. Returns ``dW`` of shape
+        ``(k, *shape)`` and ``H`` of the same shape (or None).
+        """
+        index = self._snap(_as_times(ts, self.device))  # (P,)
+        values = self._path(index, self._element_ids(), levy_area)  # (R, P, n)
+        return self._finish(values, index, levy_area, self.shape)
+
+    def increments_per_sample(self, ta: torch.Tensor, tb: torch.Tensor) -> Increments:
+        """One interval per sample: sample ``b`` gets its increment over ``[ta[b], tb[b]]``.
+
+        ``ta``, ``tb``: shape ``(batch,)`` with ``batch == shape[0]``. Returns ``(dW, H)`` of shape
+        ``self.shape``; each sample's values equal those a full-batch :meth:`increments` query over
+        the same interval gives for that sample (element indices are global). ``H`` is always
+        returned (computing it is cheap here).
+        """
+        batch = self.shape[0]
+        ta = torch.as_tensor(ta, device=self.device).reshape(-1)
+        tb = torch.as_tensor(tb, device=self.device).reshape(-1)
+        if ta.shape[0] != batch or tb.shape[0] != batch:
+            raise ValueError(f"ta and tb must have shape ({batch},) (shape[0] of the tree), got "
+                             f"{tuple(ta.shape)} and {tuple(tb.shape)}")
+        index = self._snap(torch.stack((ta, tb), dim=1).reshape(-1)).reshape(batch, 2)
+        per_sample = self._n_elements // batch
+        elements = self._element_ids().reshape(batch, 1, per_sample)
+        values = self._path(index, elements, True)  # (2, batch, 2, per_sample)
+        dW, H = self._finish(values.permute(0, 2, 1, 3), index.T, True, (batch, per_sample))
+        return dW[0].reshape(self.shape), H[0].reshape(self.shape)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _element_ids(self) -> torch.Tensor:
+        if self._elements is None:
+            self._elements = torch.arange(self._n_elements, device=self.device, dtype=torch.int32)
+        return self._elements
+
+    def _snap(self, ts: torch.Tensor) -> torch.Tensor:
+        """Times -> int64 indices on the dyadic grid of depth L (validated against the interval)."""
+        position = (ts.to(torch.float64) - self._low) / self._length
+        slack = self._tolerance / self._length
+        if bool(((position < -slack) | (position > 1.0 + slack) | position.isnan()).any()):
+            bad = ts[(position < -slack) | (position > 1.0 + slack) | position.isnan()]
+            raise ValueError(f"query times {bad.tolist()[:5]} lie outside the BrownianTree interval "
+                             f"[{self._low}, {self._high}]")
+        scale = float(1 << self.depth)
+        return torch.round(position.clamp(0.0, 1.0) * scale).to(torch.int64)
+
+    def _levels(self):
+        """Per-level constants (cached per device): shifts, masks, sqrt(h), h*sqrt(h)."""
+        cached = self._level_cache.get(self.device)
+        if cached is None:
+            depth = self.depth
+            level = torch.arange(depth, device=self.device, dtype=torch.int64)
+            shift = depth - level
+            mask = (torch.ones_like(shift) << shift) - 1
+            h = self._length * torch.pow(2.0, -level.to(torch.float64)).to(self._acc_dtype)
+            cached = (level, shift, mask, h.sqrt(), h * h.sqrt(), float(1 << depth))
+            self._level_cache[self.device] = cached
+        return cached
+
+    def _path(self, index: torch.Tensor, elements: torch.Tensor, with_integral: bool) -> torch.Tensor:
+        """``W(t)`` (and ``K(t)``) at grid indices ``index`` of shape ``S``.
+
+        ``elements`` (global element ids) broadcasts as ``(*S, n)``. Returns ``(R, *S, n)``,
+        R = 2 with K else 1.
+        """
+        level, shift, mask, sqrt_h, h_sqrt_h, scale = self._levels()
+        acc = self._acc_dtype
+        idx = index[..., None]  # (*S, 1)
+        offset = idx & mask  # position of t inside its level-l node, in grid units
+        # Heap id of the node containing t; 0 (the root's id, coefficient 0) where t is the node's
+        # left end (the node's innovation does not move W(t) there).
+        keys = torch.where(offset == 0, 0, (idx >> shift) + (torch.ones_like(level) << level))
+        keys = torch.cat((keys, torch.zeros_like(keys[..., :1])), dim=-1)  # (*S, L+1)
+        y = offset.to(acc) / (mask + 1).to(acc)  # in [0, 1)
+        left = y < 0.5
+        x = torch.where(left, 2.0 * y, 2.0 * y - 1.0)
+        x1 = x * (1.0 - x)
+        half_root3 = 0.5 * math.sqrt(3.0)
+        g1 = torch.where(left, 0.25 * x, 0.25 * (1.0 - x)) - 0.75 * x1
+        g2 = torch.where(left, half_root3 * x1, -half_root3 * x1)
+        root_x = index.to(acc)[..., None] / scale  # (*S, 1)
+        root_T = self._length
+        coef_w = torch.stack((
+            torch.cat((g1 * sqrt_h, root_x * math.sqrt(root_T)), dim=-1),
+            torch.cat((g2 * sqrt_h, 6.0 * root_x * (1.0 - root_x) * math.sqrt(root_T / 12.0)),
+                      dim=-1)), dim=-1)  # (*S, L+1, 2)
+        rows = [coef_w]
+        if with_integral:
+            x2 = x * x
+            f1 = torch.where(left, -x * x1, (1.0 - x) * x1) * 0.125
+            f2 = torch.where(left, x2 / 2.0 - x2 * x / 3.0, 1.0 / 6.0 - x2 / 2.0 + x2 * x / 3.0)
+            f2 = f2 * (0.5 * half_root3)
+            rx2 = root_x * root_x
+            coef_k = torch.stack((
+                torch.cat((f1 * h_sqrt_h, rx2 / 2.0 * root_T * math.sqrt(root_T)), dim=-1),
+                torch.cat((f2 * h_sqrt_h, (3.0 * rx2 - 2.0 * rx2 * root_x)
+                           * root_T * math.sqrt(root_T / 12.0)), dim=-1)), dim=-1)
+            rows.append(coef_k)
+        coef = torch.stack(rows, dim=-3).flatten(-2)  # (*S, R, 2L+2)
+        normals = self._normals(keys, elements).flatten(-3, -2)  # (*S, 2L+2, n)
+        values = torch.matmul(coef, normals)  # (*S, R, n)
+        return values.movedim(-2, 0)
+
+    def _normals(self, keys: torch.Tensor, elements: torch.Tensor) -> torch.Tensor:
+        """The node normals, shape ``(*keys.shape, 2, n)``, in the accumulation dtype.
+
+        On the CPU, nodes shared by several query points (the top levels) are generated once.
+        """
+        if keys.device.type == "cpu" and elements.dim() == 1:
+            # Level-major order: within a level the node ids of monotone query points are monotone,
+            # so equal ids are adjacent and unique_consecutive (no sort) finds the shared ones.
+            level_major = keys.movedim(-1, 0)
+            unique, inverse = torch.unique_consecutive(level_major.reshape(-1), return_inverse=True)
+            normals = counter_normal(self.seed, unique, elements, torch.float32).to(self._acc_dtype)
+            inverse = inverse.reshape(level_major.shape).movedim(0, -1).reshape(-1)
+            return normals.index_select(0, inverse).reshape(*keys.shape, *normals.shape[-2:])
+        normals = counter_normal(self.seed, keys, elements[..., None, :], torch.float32)
+        return normals.to(self._acc_dtype)
+
+    def _finish(self, values: torch.Tensor, index: torch.Tensor, levy_area: bool,
+                shape: tuple[int, ...]) -> Increments:
+        """Point values -> interval increments. ``values``: (R, P, *rest, n), ``index``: (P, *rest)."""
+        w = values[0]
+        dW = (w[1:] - w[:-1]).to(self.dtype).reshape(-1, *shape)
+        if not levy_area:
+            return dW, None
+        k = values[1]
+        forward = (index[1:] >= index[:-1])[..., None]
+        # a = the left end of each interval, b = its right end, whatever the query direction.
+        w_a = torch.where(forward, w[:-1], w[1:])
+        w_ab = torch.where(forward, w[1:] - w[:-1], w[:-1] - w[1:])
+        k_ab = torch.where(forward, k[1:] - k[:-1], k[:-1] - k[1:])
+        steps = (index[1:] - index[:-1]).abs()[..., None]
+        h = steps.to(w.dtype) * (self._length / float(1 << self.depth))
+        safe_h = torch.where(steps == 0, 1.0, h)
+        H = torch.where(steps == 0, 0.0, (k_ab - h * w_a) / safe_h - 0.5 * w_ab)
+        return dW, H.to(self.dtype).reshape(-1, *shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fresh-noise sources (no replay)
+# ---------------------------------------------------------------------------------------------
+
+class GeneratorNoise:
+    r"""Fresh Gaussian increments from a ``torch.Generator``, for fixed grids (no replay).
+
+    ``increments(ts, levy_area)`` draws, with one ``torch.randn`` call per chunk,
+    :math:`dW = \sqrt{|\Delta t|} N` and, if asked, an independent :math:`H = \sqrt{|\Delta t|/12} N'`.
+    Querying the same interval twice gives different values: this is not a path.
+    """
+
+    def __init__(self, shape: Sequence[int], generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float64, device: torch.device | str | None = None):
+        self.shape = _check_shape(shape)
+        self.generator = generator
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else (
+            generator.device if generator is not None else torch.device("cpu"))
+
+    def increments(self, ts: torch.Tensor, levy_area: bool = False) -> Increments:
+        ts = _as_times(ts, self.device).to(self.dtype)
+        dt = (ts[1:] - ts[:-1]).abs().reshape(-1, *([1] * len(self.shape)))
+        count = ts.shape[0] - 1
+        normals = torch.randn((2 if levy_area else 1, count, *self.shape), generator=self.generator,
+                              dtype=self.dtype, device=self.device)
+        dW = dt.sqrt() * normals[0]
+        return dW, (dt / 12.0).sqrt() * normals[1] if levy_area else None
+
+
+class PerSampleNoise:
+    r"""Fresh Gaussian increments where sample ``b``'s normals depend only on
+    ``(seed, b + sample_offset, step, element)`` (via :func:`counter_normal`).
+
+    A diffusion sampler therefore produces the same sample ``i`` whatever the batch size or the
+    batch it sits in (``sample_offset`` places a batch inside a larger run). An internal step
+    counter advances by ``k`` with each ``increments`` call of ``k`` intervals, so a solve must
+    query each step exactly once, in order. Like :class:`GeneratorNoise` it is **not a path** (no
+    replay, no consistency between step sizes): it exists for reproducibility only.
+
+    ``dW = sqrt(|dt|) Z_1`` and, if asked, ``H = sqrt(|dt|/12) Z_2`` (independent).
+    ``shape[0]`` is the batch.
+    """
+
+    def __init__(self, shape: Sequence[int], seed: int = 0, sample_offset: int = 0,
+                 dtype: torch.dtype = torch.float64, device: torch.device | str | None = None):
+        self.shape = _check_shape(shape)
+        self.seed = int(seed)
+        self.sample_offset = int(sample_offset)
+        if self.sample_offset < 0:
+            raise ValueError(f"sample_offset must be >= 0, got {self.sample_offset}")
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.step = 0
+        self._normal_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def reset(self, step: int = 0) -> None:
+        """Set the step counter (``reset()`` replays the noise from the first step)."""
+        self.step = int(step)
+
+    def increments(self, ts: torch.Tensor, levy_area: bool = False) -> Increments:
+        ts = _as_times(ts, self.device).to(self.dtype)
+        count = ts.shape[0] - 1
+        batch = self.shape[0]
+        per_sample = math.prod(self.shape[1:])
+        steps = torch.arange(self.step, self.step + count, device=self.device, dtype=torch.int64)
+        samples = torch.arange(batch, device=self.device, dtype=torch.int64) + self.sample_offset
+        keys = (steps[:, None] << 32) + samples[None, :]  # (k, batch)
+        normals = counter_normal(self.seed, keys, per_sample, self._normal_dtype).to(self.dtype)
+        self.step += count
+        dt = (ts[1:] - ts[:-1]).abs().reshape(-1, *([1] * len(self.shape)))
+        dW = dt.sqrt() * normals[:, :, 0].reshape(count, *self.shape)
+        if not levy_area:
+            return dW, None
+        return dW, (dt / 12.0).sqrt() * normals[:, :, 1].reshape(count, *self.shape)
