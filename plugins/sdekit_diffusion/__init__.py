@@ -15,3 +15,7 @@ __all__ = ["DiffusionSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "Reverse
            "ProbabilityFlowODE", "LinearSDESchedule", "as_score", "transform_score",
            "prediction_to_score", "score_to_prediction", "PREDICTIONS", "problems",
            "GaussianMixture"]
+
+from .sampling import sample  # noqa: E402  (samplers: sdekit_diffusion.samplers)
+from .time_grids import GRIDS, time_grid  # noqa: E402
+__all__ += ["sample", "time_grid", "GRIDS"]
