@@ -19,3 +19,5 @@ __all__ = ["DiffusionSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "Reverse
 from .sampling import sample  # noqa: E402  (samplers: sdekit_diffusion.samplers)
 from .time_grids import GRIDS, time_grid  # noqa: E402
 __all__ += ["sample", "time_grid", "GRIDS"]
+from .likelihood import bits_per_dim, log_likelihood  # noqa: E402
+__all__ += ["log_likelihood", "bits_per_dim"]
