@@ -16,7 +16,8 @@ derivative is replaced by a difference at the support value
     x_1 = x_0 + f h + g\, \Delta W + \bigl(g(t_0, \bar x) - g\bigr)\,
           \frac{\Delta W^2 - h}{2 \sqrt h};
 
-``derivative="jvp"`` computes :math:`J_g g` exactly with :func:`torch.func.jvp` instead.
+``derivative="jvp"`` computes :math:`J_g g` exactly by forward-mode automatic differentiation
+(:mod:`torch.autograd.forward_ad`) instead.
 
 Strong order 1.0, weak order 1.0. Noise types: diagonal, scalar, additive (where it is
 Euler–Maruyama). General (non-commutative) noise would need Lévy areas: use ``euler_maruyama``.
@@ -25,7 +26,7 @@ Reference: Kloeden & Platen, *Numerical Solution of Stochastic Differential Equa
 """
 from __future__ import annotations
 
-import torch
+import torch.autograd.forward_ad as forward_ad
 
 from .base import Solver
 
@@ -35,8 +36,8 @@ class Milstein(Solver):
 
     Args:
         derivative: ``"finite_difference"`` (derivative-free, Kloeden & Platen eq. 11.1.5; one extra
-            diffusion evaluation) or ``"jvp"`` (exact :math:`J_g g` through :func:`torch.func.jvp`;
-            ``diffusion`` must be differentiable by torch.func).
+            diffusion evaluation) or ``"jvp"`` (exact :math:`J_g g` by forward-mode autograd;
+            ``diffusion`` must support forward-mode AD).
     """
 
     name, kind, strong_order, weak_order = "milstein", "sde", 1.0, 1.0
@@ -60,7 +61,10 @@ class Milstein(Solver):
         if problem.noise_type == "additive":
             return x1, None, None
         if self.derivative == "jvp":
-            _, gg = torch.func.jvp(lambda x: problem.diffusion(t0, x), (x0,), (g,))
+            with forward_ad.dual_level():
+                gg = forward_ad.unpack_dual(problem.diffusion(t0, forward_ad.make_dual(x0, g))).tangent
+            if gg is None:  # the diffusion does not depend on x
+                return x1, None, None
             return x1 + 0.5 * gg * (dW * dW - h), None, None
         sqrt_h = h.sqrt()
         g_bar = problem.diffusion(t0, x0 + f * h + g * sqrt_h)

@@ -10,8 +10,12 @@ on the marginal :math:`p_{t_1}` using the problem's score :math:`s(t, x) = \nabl
 
 the signal-to-noise step-size rule of Song et al. (2021), ``LangevinCorrector`` in score_sde
 (Algorithm 5 there), with :math:`\alpha = 1` (the non-VP value; the VP-specific :math:`\alpha_i`
-belongs to the diffusion plugin). Norms are taken per sample (``per_sample=True``, one step size
-per sample) or averaged over the batch as score_sde does (``per_sample=False``).
+belongs to the diffusion plugin). The norms are averaged over the batch as score_sde does (one step
+size for the whole batch, ``per_sample=False``, the default), or taken per sample
+(``per_sample=True``). A per-sample step depends on the sample's own :math:`\lVert x \rVert`
+through :math:`\lVert s \rVert`, which biases the corrector's invariant law in low dimension
+(measured here on a 16-dimensional standard normal: variance 1.27 per sample against 1.02 batch-mean,
+1.026 being the unadjusted-Langevin value for this step); it is offered for high-dimensional data.
 
 The default ``snr=0.16`` is score_sde's value for CIFAR-10 (VE SDE, ``configs/ve/cifar10_ncsnpp``).
 Corrector noise comes from ``generator`` (a :class:`torch.Generator`, or the global generator when
@@ -37,7 +41,7 @@ class PredictorCorrector(Solver):
         snr: the corrector's signal-to-noise ratio (0.16: score_sde, CIFAR-10).
         n_corrector_steps: Langevin steps after each predictor step (0 turns the corrector off).
         generator: source of the corrector's Gaussian noise.
-        per_sample: one step size per sample (True) or one per batch as in score_sde (False).
+        per_sample: one step size per sample (True) or one per batch as in score_sde (False, default).
     """
 
     name, kind = "pc", "sde"
@@ -45,7 +49,7 @@ class PredictorCorrector(Solver):
 
     def __init__(self, predictor: str | Solver = "euler_maruyama", snr: float = 0.16,
                  n_corrector_steps: int = 1, generator: torch.Generator | None = None,
-                 per_sample: bool = True):
+                 per_sample: bool = False):
         from . import get  # the registry imports this module
 
         self.predictor = get(predictor)
