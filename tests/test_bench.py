@@ -190,3 +190,39 @@ def test_work_precision_plot(linear_result, tmp_path):
     fig = linear_result.plot_work_precision(path)
     assert _is_png(path)
     assert [ax.get_xlabel() for ax in fig.axes] == ["NFE (drift evaluations per solve)", "wall time per solve (s)"]
+
+
+# --- diffusion problems from the plugin ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def diffusion_bench():
+    module = pytest.importorskip("sdekit_diffusion.bench_problems")
+    module.register_bench_problems()
+    return module
+
+
+def test_diffusion_problems_register(diffusion_bench):
+    for name in diffusion_bench.bench_problem_names():
+        assert name in bench.problems()
+    assert {"vp_flow_gaussian", "subvp_flow_mixture", "ve_reverse_mixture", "linear_flow_gaussian"} <= set(bench.problems())
+
+
+@pytest.mark.parametrize("solver, theory", [("heun", 2.0), ("rk4", 4.0)])
+def test_probability_flow_orders_against_exact_flow_map(diffusion_bench, solver, theory):
+    result = bench.run("vp_flow_gaussian", [solver], steps=[8, 16, 32, 64], samples=16)
+    assert abs(result.fit(solver).order - theory) < TOLERANCE
+
+
+def test_reverse_mixture_moments_match_samples_of_the_marginal(diffusion_bench):
+    problem = bench.get_problem("vp_reverse_mixture")
+    generator = torch.Generator().manual_seed(0)
+    n = 200_000
+    x_data = problem.data.sample(n, generator=generator)
+    t = torch.tensor(problem.t1, dtype=torch.float64)
+    x = problem.sde._alpha(t) * x_data + problem.sde._sigma(t) * torch.randn(x_data.shape, generator=generator,
+                                                                              dtype=torch.float64)
+    moments = problem.exact_moments(problem.t1)
+    for name, f in bench.WEAK_FUNCTIONS.items():
+        values = f(x)
+        stderr = values.std(0) / math.sqrt(n)
+        assert ((values.mean(0) - moments[name]).abs() < 5 * stderr).all(), name
