@@ -58,6 +58,7 @@ _MASK32 = 0xFFFFFFFF
 _LOWBIAS_1 = 0x7FEB352D
 _LOWBIAS_2 = 0x846CA68B
 _TWO_PI = 2.0 * math.pi
+_SERIAL_ELEMENTS = 32767  # below PyTorch's intra-op parallel grain (at::internal::GRAIN_SIZE)
 
 
 def _hash32_(x: torch.Tensor) -> torch.Tensor:
@@ -384,25 +385,39 @@ class BrownianTree:
                            * root_T * math.sqrt(root_T / 12.0)), dim=-1)), dim=-1)
             rows.append(coef_k)
         coef = torch.stack(rows, dim=-3).flatten(-2)  # (*S, R, 2L+2)
-        normals = self._normals(keys, elements).flatten(-3, -2)  # (*S, 2L+2, n)
-        values = torch.matmul(coef, normals)  # (*S, R, n)
-        return values.movedim(-2, 0)
+        return self._contract(coef, keys, elements).movedim(-2, 0)
 
-    def _normals(self, keys: torch.Tensor, elements: torch.Tensor) -> torch.Tensor:
-        """The node normals, shape ``(*keys.shape, 2, n)``, in the accumulation dtype.
+    def _contract(self, coef: torch.Tensor, keys: torch.Tensor, elements: torch.Tensor) -> torch.Tensor:
+        """``sum_j coef[..., r, j] Z_j[e]`` over the nodes' normals: (*S, R, 2L+2) -> (*S, R, n).
 
-        On the CPU, nodes shared by several query points (the top levels) are generated once.
+        ``keys``: (*S, L+1) node ids; ``elements`` broadcasts as (*S, n).
         """
-        if keys.device.type == "cpu" and elements.dim() == 1:
-            # Level-major order: within a level the node ids of monotone query points are monotone,
-            # so equal ids are adjacent and unique_consecutive (no sort) finds the shared ones.
-            level_major = keys.movedim(-1, 0)
-            unique, inverse = torch.unique_consecutive(level_major.reshape(-1), return_inverse=True)
-            normals = counter_normal(self.seed, unique, elements, torch.float32).to(self._acc_dtype)
-            inverse = inverse.reshape(level_major.shape).movedim(0, -1).reshape(-1)
-            return normals.index_select(0, inverse).reshape(*keys.shape, *normals.shape[-2:])
-        normals = counter_normal(self.seed, keys, elements[..., None, :], torch.float32)
-        return normals.to(self._acc_dtype)
+        acc = self._acc_dtype
+        if keys.device.type != "cpu" or elements.dim() != 1:
+            normals = counter_normal(self.seed, keys, elements[..., None, :], torch.float32)
+            return torch.matmul(coef, normals.to(acc).flatten(-3, -2))
+        # CPU, one set of elements for all points (S = (P,)). Nodes shared by several query points
+        # (the top levels) are generated once: in level-major order the node ids of monotone
+        # points are monotone within a level, so unique_consecutive (no sort) finds the repeats.
+        # Work is cut into blocks of < 32768 elements, PyTorch's grain for intra-op parallelism:
+        # at this size threads cost more than they give, and much more on a loaded machine.
+        n = elements.shape[0]
+        level_major = keys.T
+        unique, inverse = torch.unique_consecutive(level_major.reshape(-1), return_inverse=True)
+        table = torch.empty((unique.shape[0], 2, n), dtype=acc)
+        per_block = max(1, _SERIAL_ELEMENTS // (2 * n))
+        for start in range(0, unique.shape[0], per_block):
+            table[start:start + per_block] = counter_normal(
+                self.seed, unique[start:start + per_block], elements, torch.float32)
+        inverse = inverse.reshape(level_major.shape).T  # (P, L+1)
+        points, width = coef.shape[0], coef.shape[-1]
+        out = torch.empty((points, coef.shape[1], n), dtype=acc)
+        per_block = max(1, _SERIAL_ELEMENTS // (width * n))
+        for start in range(0, points, per_block):
+            block = inverse[start:start + per_block]
+            normals = table.index_select(0, block.reshape(-1)).view(block.shape[0], width, n)
+            torch.matmul(coef[start:start + per_block], normals, out=out[start:start + per_block])
+        return out
 
     def _finish(self, values: torch.Tensor, index: torch.Tensor, levy_area: bool,
                 shape: tuple[int, ...]) -> Increments:
