@@ -57,7 +57,7 @@ def gaussian_mixture(n: int, means: torch.Tensor, std: float, *, seed: int | Non
     g = _generator(seed, generator)
     means = torch.as_tensor(means, dtype=torch.float32)
     k = torch.randint(0, len(means), (n,), generator=g)
-    return means[k] + std * torch.randn(n, means.shape[1], generator=g)
+    return means[k] + std * torch.randn(n, means.shape[1], generator=g, dtype=torch.float32)
 
 
 def gaussians8(n: int, *, radius: float = 2.0, std: float = 0.1, seed: int | None = 0,

@@ -87,10 +87,10 @@ class _Batches:
     ``shard = (rank, world_size)`` restricts the draws to indices ``rank, rank + world_size, ...``.
     """
 
-    def __init__(self, data, device: torch.device, shard: tuple[int, int] = (0, 1)):
-        self.tensor = data.to(device) if isinstance(data, torch.Tensor) else None
+    def __init__(self, data, device: torch.device, dtype: torch.dtype, shard: tuple[int, int] = (0, 1)):
+        self.tensor = data.to(device, dtype) if isinstance(data, torch.Tensor) else None
         self.dataset = None if isinstance(data, torch.Tensor) else data
-        self.device = device
+        self.device, self.dtype = device, dtype
         rank, world = shard
         self.indices = torch.arange(rank, len(data), world)
         if len(self.indices) == 0:
@@ -100,7 +100,7 @@ class _Batches:
         chosen = self.indices[torch.randint(len(self.indices), (batch_size,), generator=generator)]
         if self.tensor is not None:
             return self.tensor[chosen.to(self.device)]
-        return torch.stack([_item_tensor(self.dataset[int(i)]) for i in chosen]).to(self.device)
+        return torch.stack([_item_tensor(self.dataset[int(i)]) for i in chosen]).to(self.device, self.dtype)
 
 
 def _item_tensor(item) -> torch.Tensor:
@@ -193,6 +193,11 @@ class Trainer:
         self.rank, self.world_size = 0, 1
         self._seed_generators()
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point dtype of the network's parameters (data are cast to it)."""
+        return next((p.dtype for p in self.net.parameters() if p.is_floating_point()), torch.get_default_dtype())
+
     # -- hooks for data-parallel training (sdekit_diffusion.distributed) ---------------------------
     def _seed_generators(self) -> None:
         self.batch_generator = torch.Generator().manual_seed(self.seed + 7919 * self.rank)
@@ -236,7 +241,7 @@ class Trainer:
                 if checkpoint["step"] > self.step:
                     self.load_state(checkpoint)
         self._synchronize_start()
-        batches = _Batches(data, self.device, (self.rank, self.world_size))
+        batches = _Batches(data, self.device, self.dtype, (self.rank, self.world_size))
         self.net.train()
         bar = None
         if self.progress and self.is_writer and steps > self.step:
@@ -403,7 +408,8 @@ def _check_same_net(checkpoint: dict, net: nn.Module) -> None:
 # -- sampling for plots ------------------------------------------------------------------------------
 
 def reverse_sde_sample(sde, score_fn, n: int, sample_shape: tuple[int, ...], *, steps: int = 500,
-                       generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> torch.Tensor:
+                       generator: torch.Generator | None = None, device=None,
+                       dtype: torch.dtype | None = None) -> torch.Tensor:
     """``n`` samples by Euler–Maruyama on the reverse SDE from ``sde.t_max`` to ``sde.t_min``."""
     x_T = sde.prior_sample((n, *sample_shape), generator=generator, dtype=dtype, device=device)
     with torch.no_grad():
@@ -458,7 +464,7 @@ def sample_plot_callback(directory: str | os.PathLike, sample_shape: tuple[int, 
     def callback(trainer: Trainer) -> None:
         generator = torch.Generator(device=trainer.device).manual_seed(seed)
         samples = reverse_sde_sample(trainer.sde, trainer.score_fn(), n, tuple(sample_shape), steps=steps,
-                                     generator=generator, device=trainer.device)
+                                     generator=generator, device=trainer.device, dtype=trainer.dtype)
         plot_samples(samples, Path(directory) / f"samples_{trainer.step:08d}.png", title=f"step {trainer.step}",
                      reference=reference)
     return callback
