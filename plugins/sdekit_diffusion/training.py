@@ -206,6 +206,11 @@ class Trainer:
     def _synchronize_gradients(self) -> None:
         """Average gradients over processes (no-op in a single process)."""
 
+    def _average_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss averaged over processes (identity in a single process); every process sees the same
+        value, so all of them stop together on a non-finite loss."""
+        return loss
+
     def _synchronize_start(self) -> None:
         """Make every process start from the same weights (no-op in a single process)."""
 
@@ -266,7 +271,7 @@ class Trainer:
 
     def _train_step(self, x0: torch.Tensor) -> None:
         loss = self.loss(x0)
-        value = float(loss.detach())
+        value = float(self._average_loss(loss.detach()))
         if not math.isfinite(value):
             newest = None if self.checkpoint_dir is None else latest_checkpoint(self.checkpoint_dir)
             kept = f"; the last good checkpoint is {newest}" if newest else ""
@@ -374,6 +379,9 @@ class Trainer:
                 raise ValueError(f"{path} holds a {checkpoint['net_class']} network, which sdekit_diffusion cannot "
                                  "rebuild; pass net= an instance of it")
             net = build_net(checkpoint["net_class"], checkpoint["net_config"])
+            stored = next((v.dtype for v in checkpoint["net"].values() if v.is_floating_point()), None)
+            if stored is not None:
+                net = net.to(stored)  # rebuild in the dtype it was trained in, whatever the default dtype
         if sde is None:
             if checkpoint["sde"] is None:
                 raise ValueError(f"{path} does not hold a picklable SDE ({checkpoint['sde_repr']}); pass sde=")
