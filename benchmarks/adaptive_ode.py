@@ -81,9 +81,11 @@ def main(argv=None) -> int:
     parser.add_argument("--rtol", default="1e-3,1e-5,1e-7,1e-9", help="comma-separated relative tolerances")
     parser.add_argument("--atol-ratio", type=float, default=1e-3, help="atol = rtol * this")
     parser.add_argument("--repeats", type=int, default=3, help="time each solve this many times, keep the fastest")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier timings)")
     parser.add_argument("--json", metavar="PATH", help="write all results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write error vs NFE and vs time, one row per problem")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     rtols = [float(r) for r in args.rtol.split(",")]
     atols = [r * args.atol_ratio for r in rtols]
     results = {}

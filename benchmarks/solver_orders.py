@@ -111,9 +111,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="time each solve this many times, keep the fastest")
     parser.add_argument("--no-torchsde", action="store_true", help="sdekit solvers only")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier timings)")
     parser.add_argument("--json", metavar="PATH", help="write all results and the summary as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write the strong-error convergence plot, one panel per problem")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     steps = [int(s) for s in args.steps.split(",")]
     names = args.problems.split(",")
     known = {info["name"] for info in sdekit.solvers.available()}

@@ -111,3 +111,19 @@ def test_python_dash_m_sdekit_help():
                           cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "bench" in done.stdout
+
+
+def test_plugin_bench_problems_reach_the_cli(monkeypatch, capsys, tmp_path):
+    """What the diffusion plugin's entry point does: register its bench problems when loaded."""
+    bench_problems = pytest.importorskip("sdekit_diffusion.bench_problems")
+
+    def register(subparsers):
+        bench_problems.register_bench_problems()
+
+    monkeypatch.setattr(cli, "entry_points", lambda group: [_EntryPoint("diffusion", lambda: register)])
+    out_json = tmp_path / "vp.json"
+    assert cli.main(["bench", "--problem", "ve_flow_gaussian", "--solvers", "euler,rk4", "--steps", "4,8,16",
+                     "--samples", "4", "--json", str(out_json)]) == 0
+    data = json.loads(out_json.read_text())
+    assert data["meta"]["problem"] == "ve_flow_gaussian" and data["meta"]["samples"] == 4
+    assert "ve_flow_gaussian" in capsys.readouterr().out
