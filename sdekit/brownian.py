@@ -112,12 +112,28 @@ def _key_words(seed: int, keys: torch.Tensor) -> torch.Tensor:
     """Two 32-bit words per key, as int32 bit patterns of shape ``(*keys.shape, 2)``."""
     s_a, s_b, s_c = _seed_words(seed)
     keys = keys.to(torch.int64)
-    low = keys & _MASK32
-    high = (keys >> 32) & _MASK32
-    word_a = _hash32_wide_(_hash32_wide_(low ^ s_a) ^ high)
-    word_b = _hash32_wide_(_hash32_wide_(low ^ s_b) ^ (high ^ s_c))
-    words = torch.stack((word_a, word_b), dim=-1)
+    low = (keys & _MASK32)[..., None]
+    high = ((keys >> 32) & _MASK32)[..., None]
+    salts = torch.tensor([s_a, s_b], dtype=torch.int64, device=keys.device)
+    words = _hash32_wide_(_hash32_wide_(low ^ salts) ^ (high ^ salts.new_tensor([0, s_c])))
     return (words - ((words >> 31) << 32)).to(torch.int32)  # [0, 2**32) -> int32 bit patterns
+
+
+def _normals_from_words(words: torch.Tensor, elements: int | torch.Tensor,
+                        dtype: torch.dtype) -> torch.Tensor:
+    """The element stage of :func:`counter_normal`, from the key words ``(*S, 2)``."""
+    if isinstance(elements, int):
+        elements = torch.arange(elements, device=words.device, dtype=torch.int32)
+    elements = elements.to(device=words.device, dtype=torch.int32)
+    bits = _hash32_(words[..., None] ^ elements[..., None, :])  # (*S', 2, n)
+    if dtype == torch.float64:
+        uniform = bits.to(torch.float64).add_(2.0 ** 31 + 0.5).mul_(2.0 ** -32)
+    else:
+        uniform = (bits >> 8).bitwise_and_(0xFFFFFF).to(torch.float32).add_(0.5).mul_(2.0 ** -24)
+    radius = uniform[..., 0, :].log().mul_(-2.0).sqrt_()
+    angle = uniform[..., 1, :].mul_(_TWO_PI)
+    normals = torch.stack((angle.cos(), angle.sin_()), dim=-2).mul_(radius[..., None, :])
+    return normals if normals.dtype == dtype else normals.to(dtype)
 
 
 def counter_normal(seed: int, keys: torch.Tensor, elements: int | torch.Tensor,
@@ -142,20 +158,7 @@ def counter_normal(seed: int, keys: torch.Tensor, elements: int | torch.Tensor,
     give 32 random bits each, turned into uniforms on (0, 1) and into two normals by Box--Muller:
     :math:`r = \sqrt{-2 \log u_1}`, :math:`Z = (r \cos 2\pi u_2, r \sin 2\pi u_2)`.
     """
-    device = keys.device
-    words = _key_words(seed, keys)  # (*S, 2)
-    if isinstance(elements, int):
-        elements = torch.arange(elements, device=device, dtype=torch.int32)
-    elements = elements.to(device=device, dtype=torch.int32)
-    bits = _hash32_(words[..., None] ^ elements[..., None, :])  # (*S', 2, n)
-    if dtype == torch.float64:
-        uniform = bits.to(torch.float64).add_(2.0 ** 31 + 0.5).mul_(2.0 ** -32)
-    else:
-        uniform = (bits >> 8).bitwise_and_(0xFFFFFF).to(torch.float32).add_(0.5).mul_(2.0 ** -24)
-    radius = uniform[..., 0, :].log().mul_(-2.0).sqrt_()
-    angle = uniform[..., 1, :].mul_(_TWO_PI)
-    normals = torch.stack((angle.cos(), angle.sin_()), dim=-2).mul_(radius[..., None, :])
-    return normals if normals.dtype == dtype else normals.to(dtype)
+    return _normals_from_words(_key_words(seed, keys), elements, dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +183,39 @@ def _as_times(ts, device: torch.device) -> torch.Tensor:
     if ts.dim() != 1 or ts.shape[0] < 2:
         raise ValueError(f"ts must be a 1-D tensor of at least 2 times, got shape {tuple(ts.shape)}")
     return ts
+
+
+class _SerialOnCPU:
+    """Run PyTorch's intra-op work on one thread (CPU only, and only for small work).
+
+    The tensors here are small (tens of thousands of elements), yet the VML-backed ops (log, cos,
+    sin, sqrt) split work across threads from 2048 elements and batched matmul uses MKL's threads:
+    there the thread hand-off costs more than it gives (10x slower on a loaded machine). The
+    thread count is per calling thread in the OpenMP backend and is restored on exit.
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.threads = 0
+
+    def __enter__(self):
+        if self.enabled:
+            self.threads = torch.get_num_threads()
+            if self.threads > 1:
+                torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.enabled and self.threads > 1:
+            torch.set_num_threads(self.threads)
+        return False
+
+
+_SMALL_STATE = 4096  # elements per time point below which CPU work runs on one thread
+
+
+def _serial(device: torch.device, n_elements: int) -> _SerialOnCPU:
+    return _SerialOnCPU(device.type == "cpu" and n_elements <= _SMALL_STATE)
 
 
 def _accumulation_dtype(device: torch.device) -> torch.dtype:
@@ -243,9 +279,14 @@ class BrownianTree:
     :math:`\int_a^b (W_r - W_a) dr = K(b) - K(a) - (b - a) W(a)` and
     :math:`H_{a,b} = \int_a^b (W_r - W_a) dr / (b - a) - W_{a,b} / 2`.
 
-    ``W`` and ``K`` are accumulated in float64 (float32 on MPS) and cast to ``dtype`` at the end,
-    so ``H`` keeps its accuracy for float32 trees. Normals are generated in ``dtype``'s precision
-    (float32 ones for float32 trees).
+    Precision and speed: the node normals are generated in float32 (24-bit uniforms, so
+    ``|Z| <= 5.9``: the law is Brownian to float32 resolution, for every ``dtype``), while ``W`` and
+    ``K`` are accumulated in float64 (float32 on MPS) and cast to ``dtype`` at the end, so ``H``
+    keeps its accuracy (it is a difference of ``K`` values divided by ``h``) even for float32
+    trees. A query of ``P`` points costs about ``P (L + 1)`` node-normal pairs per element (fewer on
+    the CPU, where the nodes that nearby points share are generated once); on the CPU, small states
+    run on one thread (see ``_SerialOnCPU``). Validation of the query times needs one host sync per
+    call on CUDA.
     """
 
     def __init__(self, t0: float, t1: float, shape: Sequence[int], seed: int = 0,
@@ -290,7 +331,8 @@ class BrownianTree:
         ``(k, *shape)`` and ``H`` of the same shape (or None).
         """
         index = self._snap(_as_times(ts, self.device))  # (P,)
-        values = self._path(index, self._element_ids(), levy_area)  # (R, P, n)
+        with _serial(self.device, self._n_elements):
+            values = self._path(index, self._element_ids(), levy_area)  # (R, P, n)
         return self._finish(values, index, levy_area, self.shape)
 
     def increments_per_sample(self, ta: torch.Tensor, tb: torch.Tensor) -> Increments:
@@ -310,7 +352,8 @@ class BrownianTree:
         index = self._snap(torch.stack((ta, tb), dim=1).reshape(-1)).reshape(batch, 2)
         per_sample = self._n_elements // batch
         elements = self._element_ids().reshape(batch, 1, per_sample)
-        values = self._path(index, elements, True)  # (2, batch, 2, per_sample)
+        with _serial(self.device, self._n_elements):
+            values = self._path(index, elements, True)  # (2, batch, 2, per_sample)
         dW, H = self._finish(values.permute(0, 2, 1, 3), index.T, True, (batch, per_sample))
         return dW[0].reshape(self.shape), H[0].reshape(self.shape)
 
@@ -404,11 +447,12 @@ class BrownianTree:
         n = elements.shape[0]
         level_major = keys.T
         unique, inverse = torch.unique_consecutive(level_major.reshape(-1), return_inverse=True)
+        words = _key_words(self.seed, unique)
         table = torch.empty((unique.shape[0], 2, n), dtype=acc)
         per_block = max(1, _SERIAL_ELEMENTS // (2 * n))
         for start in range(0, unique.shape[0], per_block):
-            table[start:start + per_block] = counter_normal(
-                self.seed, unique[start:start + per_block], elements, torch.float32)
+            table[start:start + per_block] = _normals_from_words(
+                words[start:start + per_block], elements, torch.float32)
         inverse = inverse.reshape(level_major.shape).T  # (P, L+1)
         points, width = coef.shape[0], coef.shape[-1]
         out = torch.empty((points, coef.shape[1], n), dtype=acc)
@@ -507,7 +551,8 @@ class PerSampleNoise:
         steps = torch.arange(self.step, self.step + count, device=self.device, dtype=torch.int64)
         samples = torch.arange(batch, device=self.device, dtype=torch.int64) + self.sample_offset
         keys = (steps[:, None] << 32) + samples[None, :]  # (k, batch)
-        normals = counter_normal(self.seed, keys, per_sample, self._normal_dtype).to(self.dtype)
+        with _serial(self.device, batch * per_sample):
+            normals = counter_normal(self.seed, keys, per_sample, self._normal_dtype).to(self.dtype)
         self.step += count
         dt = (ts[1:] - ts[:-1]).abs().reshape(-1, *([1] * len(self.shape)))
         dW = dt.sqrt() * normals[:, :, 0].reshape(count, *self.shape)
