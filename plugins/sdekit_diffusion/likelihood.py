@@ -101,7 +101,7 @@ class AugmentedFlow(sdekit.ODE):
         for start in range(0, n_probes, per_chunk):
             eps = self.probes[start:start + per_chunk]                 # (p, batch, d)
             p = eps.shape[0]
-            with torch.enable_grad():
+            with torch.inference_mode(False), torch.enable_grad():
                 x_rep = x.detach().unsqueeze(0).expand(p, *x.shape).reshape(p * batch, *self.dims)
                 x_rep = x_rep.clone().requires_grad_(True)
                 v = self.flow.drift(t, x_rep)

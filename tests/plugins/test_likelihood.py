@@ -146,3 +146,13 @@ def test_float32_runs():
     log_p = log_likelihood(sde, gm.score_fn(sde), x, exact_trace=True, rtol=1e-4, atol=1e-4)
     assert log_p.dtype == torch.float32
     assert (log_p.double() - gm.log_prob(x.double())).abs().max() < 0.1
+
+
+def test_runs_under_inference_mode():
+    sde, gm = skd.VPSDE(), mixture(2)
+    x = data(gm, n=2)
+    kwargs = dict(exact_trace=True, rtol=1e-5, atol=1e-5)
+    expected = log_likelihood(sde, gm.score_fn(sde), x, **kwargs)
+    with torch.inference_mode():
+        got = log_likelihood(sde, gm.score_fn(sde), x.clone(), **kwargs)
+    assert torch.allclose(got, expected)
