@@ -214,6 +214,8 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
         atol = 1e-6 if atol is None else atol
         if rtol < 0 or atol < 0 or rtol + atol <= 0:
             raise ValueError(f"tolerances must be non-negative and not both zero; got rtol={rtol}, atol={atol}")
+        if sde and prepared.batched_time and save_at is None and hasattr(noise, "increments_per_sample"):
+            return _solve_adaptive_per_sample(prepared, solver, x0, t0, t1, noise, rtol, atol, max_steps, dt0)
         return _solve_adaptive(prepared, solver, x0, t0, t1, noise, rtol, atol,
                                _save_times(t0, t1, save_at), max_steps, progress, dt0)
     grid, save_mask = _time_grid(t0, t1, steps, ts, save_at, x0)
@@ -357,3 +359,62 @@ def _solve_adaptive(problem: _Prepared, solver: Solver, x0, t0: float, t1: float
     else:
         xs, ts = None, grid
     return Solution(x=x, ts=ts, xs=xs, nfe=problem.nfe, n_steps=n_steps, n_rejected=n_rejected, grid=grid)
+
+
+def _solve_adaptive_per_sample(problem: _Prepared, solver: Solver, x0, t0: float, t1: float, noise, rtol, atol,
+                               max_steps, dt0) -> Solution:
+    """Adaptive SDE solve with one time and one step size per sample (``problem.batched_time``).
+
+    Every iteration steps all samples at once, each over its own ``[t_b, t_b + h_b]`` with its own
+    Brownian increment (``noise.increments_per_sample``, the same path as a shared-step solve), and
+    accepts or rejects per sample. Samples that have reached ``t1`` idle (their step is computed over
+    a dummy interval and discarded). ``n_steps``/``n_rejected`` are the largest per-sample counts;
+    ``nfe`` counts batched evaluations.
+    """
+    sign = -1.0 if problem.flip else 1.0
+    like = dict(dtype=x0.dtype, device=x0.device)
+    batch = x0.shape[0]
+    t_end = torch.full((batch,), t1 * sign, **like)
+    t = torch.full((batch,), t0 * sign, **like)
+    span = abs(t1 - t0)
+    h = torch.full((batch,), abs(float(dt0)) if dt0 is not None else span / 100, **like)
+    x, state = x0, solver.init(problem, t, x0)
+    controller = PIController(solver.error_order or 1.0)
+    accepted_count = torch.zeros(batch, dtype=torch.int64, device=x0.device)
+    rejected_count = torch.zeros_like(accepted_count)
+    done = torch.zeros(batch, dtype=torch.bool, device=x0.device)
+    trailing = (batch, *([1] * (x0.dim() - 1)))
+    iterations = 0
+    while not bool(done.all()):
+        if iterations >= max_steps:
+            raise MaxStepsError(
+                f"adaptive solve used max_steps={max_steps} attempted steps and {int((~done).sum())} of {batch} "
+                f"samples have not reached t1={t1}; raise max_steps, loosen rtol/atol, or check the problem")
+        iterations += 1
+        remaining = t_end - t
+        hits_end = h >= remaining
+        h_step = torch.where(hits_end, remaining, h)
+        # finished samples step over a dummy interval ending at t1 (discarded below)
+        h_step = torch.where(done, torch.minimum(h, torch.full_like(h, span)), h_step)
+        t_start = torch.where(done, t_end - h_step, t)
+        t_next = torch.where(hits_end | done, t_end, t_start + h_step)
+        dW, H = noise.increments_per_sample(t_start * sign, t_next * sign)
+        increment = Increment((t_next - t_start).reshape(trailing), dW, H if solver.needs_levy_area else None)
+        x_new, error, state_new = solver.step(problem, t_start, t_next, x, increment, state)
+        ratio = error_ratio(error, x, x_new, rtol, atol, per_sample=True)
+        ratio = torch.where(torch.isfinite(ratio), ratio, torch.full_like(ratio, 1e10))
+        accepted = (ratio <= 1.0) & ~done
+        if bool((~accepted & ~done & (h_step < 1e-14 * max(1.0, span))).any()):
+            raise NonFiniteError(f"the step size collapsed below {1e-14 * max(1.0, span):.3g} for some samples; "
+                                 "check the drift/diffusion for NaN or blow-up")
+        x = torch.where(accepted.reshape(trailing), x_new, x)
+        t = torch.where(accepted, t_next, t)
+        if state_new is not None:
+            state = state_new  # per-sample solvers here keep no state between steps
+        accepted_count += accepted
+        rejected_count += ~accepted & ~done
+        done = done | (accepted & hits_end)
+        h = torch.where(done, h, controller.next_step(h_step, ratio, accepted | done))
+    ts = torch.tensor([t0, t1], **like)
+    return Solution(x=x, ts=ts, xs=None, nfe=problem.nfe, n_steps=int(accepted_count.max()),
+                    n_rejected=int(rejected_count.max()), grid=None)

@@ -277,3 +277,41 @@ def test_backward_integration_milstein_and_sra1():
         errors = [(sdekit.solve(problem, x0, 1.0, 0.0, solver=solver, steps=n, brownian=tree).x - reference)
                   .abs().mean().item() for n in steps]
         assert_order(errors, order, steps, tolerance=0.3)
+
+
+class HeterogeneousGBM(GeometricBrownianMotion):
+    """Geometric Brownian motions with one volatility per sample; accepts per-sample times."""
+
+    batched_time = True
+
+    def __init__(self, sigmas):
+        super().__init__(mu=0.5)
+        self.sigmas = sigmas
+
+    def diffusion(self, t, x):
+        return self.sigmas[:, None] * x
+
+    def exact(self, x0, t, W_t):
+        return x0 * torch.exp((self.mu - 0.5 * self.sigmas[:, None] ** 2) * t + self.sigmas[:, None] * W_t)
+
+
+def test_adaptive_em_per_sample_steps():
+    """With batched_time, each sample keeps its own step size: the noisy samples are controlled to
+    their own tolerance (not diluted by the calm ones in a batch-wide norm), forward and backward."""
+    from sdekit.brownian import BrownianTree
+
+    sigmas = torch.tensor([0.05] * 4 + [1.0] * 4, dtype=DTYPE)
+    x0 = torch.ones(8, 16, dtype=DTYPE)
+    tree = BrownianTree(0.0, 1.0, x0.shape, seed=8, dtype=DTYPE)
+    problem = HeterogeneousGBM(sigmas)
+    exact = problem.exact(x0, 1.0, tree(0.0, 1.0))
+    sol = sdekit.solve(problem, x0, 0.0, 1.0, solver="adaptive_em", rtol=1e-2, atol=1e-2, brownian=tree)
+    rms = ((sol.x - exact) ** 2).mean(1).sqrt() / exact.abs().mean(1)
+    assert sol.n_steps > 10 and (rms < 0.05).all(), rms
+    shared = type("Shared", (HeterogeneousGBM,), {"batched_time": False})(sigmas)
+    shared_sol = sdekit.solve(shared, x0, 0.0, 1.0, solver="adaptive_em", rtol=1e-2, atol=1e-2, brownian=tree)
+    shared_rms = ((shared_sol.x - exact) ** 2).mean(1).sqrt() / exact.abs().mean(1)
+    assert rms[4:].max() <= 1.5 * shared_rms[4:].max()
+    back = sdekit.solve(problem, x0, 1.0, 0.0, solver="adaptive_em", rtol=1e-2, atol=1e-2, brownian=tree)
+    back_shared = sdekit.solve(shared, x0, 1.0, 0.0, solver="adaptive_em", rtol=1e-2, atol=1e-2, brownian=tree)
+    assert torch.allclose(back.x, back_shared.x, rtol=0.1)
