@@ -28,9 +28,9 @@ def integral(W, H, h):
 # --------------------------------------------------------------------------------------------
 
 def test_counter_normal_is_a_deterministic_standard_normal():
-    keys = torch.arange(200, dtype=torch.int64) * 7919 + 3
+    keys = torch.arange(100, dtype=torch.int64) * 7919 + 3
     z = counter_normal(5, keys, 256)
-    assert z.shape == (200, 2, 256)
+    assert z.shape == (100, 2, 256)
     assert torch.equal(z, counter_normal(5, keys, 256))
     assert not torch.equal(z, counter_normal(6, keys, 256))
     assert scipy.stats.kstest(z.flatten().double().numpy(), "norm").pvalue > 1e-3
@@ -89,7 +89,7 @@ def test_tree_bridge_formulas_on_a_dyadic_grid():
     """The (W, H) midpoint split: increments over a dyadic grid have covariance h I, the Lévy areas
     variance h/12, and all of them are mutually uncorrelated; the bridge midpoint has variance T/4
     and covariance T/8 with the root's H."""
-    T, n = 2.0, 60000
+    T, n = 2.0, 16000
     bm = BrownianTree(0.0, T, (n,), seed=8, depth=8)
     dW, H = bm.increments(grid(0.0, T, 8), levy_area=True)
     h = T / 8
@@ -99,30 +99,30 @@ def test_tree_bridge_formulas_on_a_dyadic_grid():
     W_root, H_root = bm.increments(torch.tensor([0.0, T], dtype=F64), levy_area=True)
     W_mid = bm(0.0, T / 2)
     bridge = W_mid - W_root[0] / 2
-    assert abs(bridge.var() / (T / 4) - 1) < 0.03
-    assert abs((bridge * H_root[0]).mean() / (T / 8) - 1) < 0.05
-    assert abs(H_root.var() / (T / 12) - 1) < 0.03
+    assert abs(bridge.var() / (T / 4) - 1) < 0.05
+    assert abs((bridge * H_root[0]).mean() / (T / 8) - 1) < 0.08
+    assert abs(H_root.var() / (T / 12) - 1) < 0.05
 
 
 def test_tree_variance_of_a_non_dyadic_interval():
-    bm = BrownianTree(-1.0, 3.0, (50000,), seed=9)
+    bm = BrownianTree(-1.0, 3.0, (16000,), seed=9)
     ta, tb = 0.123, 0.987
     dW, H = bm.increments(torch.tensor([ta, tb], dtype=F64), levy_area=True)
     h = tb - ta
-    assert abs(dW.var() / h - 1) < 0.03
-    assert abs(H.var() / (h / 12) - 1) < 0.03
-    assert abs((dW * H).mean()) < 5 * math.sqrt(h * h / 12 / 50000)
+    assert abs(dW.var() / h - 1) < 0.05
+    assert abs(H.var() / (h / 12) - 1) < 0.05
+    assert abs((dW * H).mean()) < 5 * math.sqrt(h * h / 12 / 16000)
 
 
 def test_levy_area_matches_the_sra_moment():
     """E[ΔW ΔZ] = h²/2 with ΔZ = ∫_a^b (W_s - W_a) ds (the moment SRA schemes rely on)."""
-    bm = BrownianTree(0.0, 1.0, (100000,), seed=10)
+    bm = BrownianTree(0.0, 1.0, (16000,), seed=10)
     a, b = 0.25, 0.65
     h = b - a
     dW, H = bm.increments(torch.tensor([a, b], dtype=F64), levy_area=True)
     dZ = integral(dW, H, h)
-    assert abs((dW * dZ).mean() / (h * h / 2) - 1) < 0.03
-    assert abs(dZ.var() / (h ** 3 / 3) - 1) < 0.03  # E[ΔZ²] = h³/3
+    assert abs((dW * dZ).mean() / (h * h / 2) - 1) < 0.05
+    assert abs(dZ.var() / (h ** 3 / 3) - 1) < 0.05  # E[ΔZ²] = h³/3
 
 
 # --------------------------------------------------------------------------------------------
