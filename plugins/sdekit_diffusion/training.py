@@ -191,6 +191,7 @@ class Trainer:
         self.step = 0
         self.losses: list[float] = []
         self.rank, self.world_size = 0, 1
+        self.sample_shape: tuple[int, ...] | None = None  # of the data last given to fit
         self._seed_generators()
 
     @property
@@ -238,7 +239,7 @@ class Trainer:
         """
         if not isinstance(steps, int) or steps < 0 or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"steps must be an int >= 0 and batch_size an int >= 1, got {steps!r}, {batch_size!r}")
-        check_data(data, self.net)
+        self.sample_shape = check_data(data, self.net)
         if self.checkpoint_dir is not None:
             newest = latest_checkpoint(self.checkpoint_dir)
             if newest is not None:
@@ -317,6 +318,7 @@ class Trainer:
             "net_class": kind, "net_config": config, "net": self.net.state_dict(), "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng,
             "sde": sde_bytes, "sde_repr": repr(self.sde),
+            "sample_shape": None if self.sample_shape is None else list(self.sample_shape),
             "trainer": dict(prediction=self.prediction, weighting=self.weighting,
                             importance_sampling=self.importance_sampling, lr=self.lr, ema_decay=self.ema_decay,
                             warmup=self.warmup, grad_clip=self.grad_clip, checkpoint_every=self.checkpoint_every,
@@ -335,6 +337,8 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.step, self.losses = int(checkpoint["step"]), list(checkpoint["losses"])
+        if checkpoint.get("sample_shape") is not None:
+            self.sample_shape = tuple(checkpoint["sample_shape"])
         rng = checkpoint["rng"]
         self.batch_generator.set_state(rng["batch"])
         if rng["noise"].numel() == self.noise_generator.get_state().numel():

@@ -290,3 +290,38 @@ def test_digits():
     images, labels = datasets.digits_with_labels()
     assert images.shape == (1797, 1, 8, 8) and labels.shape == (1797,)
     assert images.min() == -1 and images.max() == 1
+
+
+# -- command line -------------------------------------------------------------------------------------
+
+def command_line():
+    import argparse
+    from sdekit_diffusion.cli import register
+    parser = argparse.ArgumentParser(prog="sdekit")
+    register(parser.add_subparsers(dest="command"))
+
+    def run(*argv):
+        args = parser.parse_args([str(a) for a in argv])
+        return args.func(args)
+    return parser, run
+
+
+def test_cli_train_then_sample(tmp_path, capsys):
+    parser, run = command_line()
+    assert run("train", "--data", "gaussians8", "--n", "500", "--steps", "30", "--hidden", "32", "--depth", "1",
+               "--batch-size", "32", "--checkpoint-every", "20", "--output", tmp_path / "run", "--quiet") == 0
+    assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / "step_00000030.pt").is_file()
+    assert run("sample", "--checkpoint", tmp_path / "run", "--solver", "euler_maruyama", "--steps", "10", "--n", "50",
+               "--output", tmp_path / "x.npy", "--quiet") == 0
+    samples = np.load(tmp_path / "x.npy")
+    assert samples.shape == (50, 2) and np.isfinite(samples).all()
+    assert run("sample", "--checkpoint", tmp_path / "run" / "model.pt", "--solver", "ddim", "--steps", "5", "--n", "64",
+               "--output", tmp_path / "x.png", "--quiet") == 0
+    assert (tmp_path / "x.png").stat().st_size > 0
+    assert run("train", "--data", tmp_path / "missing.npy", "--output", tmp_path / "bad", "--quiet") == 2
+    assert run("sample", "--checkpoint", tmp_path / "nothing", "--output", tmp_path / "y.npy") == 2
+    assert "missing.npy" in capsys.readouterr().err
+    for command in ("train", "sample"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        assert "example" in capsys.readouterr().out

@@ -1,0 +1,195 @@
+"""The ``sdekit train`` and ``sdekit sample`` sub-commands (added by :func:`register`).
+
+``sdekit train --data moons --steps 5000 --output runs/moons`` trains a score network and writes
+checkpoints (``runs/moons/step_XXXXXXXX.pt``, resumed automatically) and ``runs/moons/model.pt``.
+``sdekit sample --checkpoint runs/moons --solver dpm_solver++_2m --steps 20 --n 2000 --output moons.png``
+samples it (``.npy`` for the array, ``.png`` for a scatter plot or an image grid).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SDES = ("vp", "subvp", "ve", "cosine")
+COMMANDS = ("train", "sample")
+
+
+class CommandError(Exception):
+    """Bad input to a sub-command: reported on stderr with exit code 2."""
+
+
+def _build_sde(name: str):
+    from . import sde as sdes
+    return {"vp": sdes.VPSDE, "subvp": sdes.SubVPSDE, "ve": sdes.VESDE, "cosine": sdes.CosineVPSDE}[name]()
+
+
+def _build_net(args, sample_shape: tuple[int, ...]):
+    from .nets import MLP, UNet
+    kind = args.net
+    if kind == "auto":
+        kind = "mlp" if len(sample_shape) == 1 else "unet"
+    if kind == "mlp":
+        if len(sample_shape) != 1:
+            raise CommandError(f"--net mlp needs vector data (N, D); the data has samples of shape {sample_shape}")
+        return MLP(sample_shape[0], hidden=args.hidden, depth=args.depth, time_embedding=args.time_embedding)
+    if len(sample_shape) != 3:
+        raise CommandError(f"--net unet needs images (N, C, H, W); the data has samples of shape {sample_shape}")
+    size = min(sample_shape[1:])
+    mults = args.channel_mults or ([1, 2] if size <= 16 else [1, 2, 2])
+    return UNet(sample_shape[0], base=args.base, channel_mults=mults,
+                attention_resolutions=[size // 2 ** (len(mults) - 1)], time_embedding=args.time_embedding)
+
+
+def _train(args) -> int:
+    from .data import load_data
+    from .training import Trainer, sample_plot_callback
+    try:
+        data = load_data(args.data, n=args.n, seed=args.seed)
+        if data.ndim < 2:
+            raise CommandError(f"data must have shape (N, *sample_shape), got {tuple(data.shape)}")
+        torch.manual_seed(args.seed)
+        net = _build_net(args, tuple(data.shape[1:]))
+        output = Path(args.output)
+        callback = None
+        if args.plot_every:
+            callback = sample_plot_callback(output / "plots", tuple(data.shape[1:]), n=min(len(data), 1024) if data.ndim == 2 else 64,
+                                            steps=200, seed=args.seed, reference=data[:2000] if data.ndim == 2 else None)
+        trainer = Trainer(net, _build_sde(args.sde), prediction=args.prediction, weighting=args.weighting,
+                          importance_sampling=args.importance_sampling, lr=args.lr, ema_decay=args.ema_decay,
+                          warmup=args.warmup, device=args.device, checkpoint_dir=output,
+                          checkpoint_every=args.checkpoint_every, callback=callback,
+                          callback_every=args.plot_every or 1, seed=args.seed, progress=not args.quiet)
+        losses = trainer.fit(data, steps=args.steps, batch_size=args.batch_size)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        raise CommandError(str(error)) from None
+    trainer.save(output / "model.pt")
+    tail = losses[-min(100, len(losses)):] if losses else [float("nan")]
+    print(f"trained {type(net).__name__} on {tuple(data.shape)} for {trainer.step} steps on {trainer.device}; "
+          f"mean loss of the last {len(tail)} steps {np.mean(tail):.4f}; wrote {output / 'model.pt'}")
+    return 0
+
+
+def _sample(args) -> int:
+    from .sampling import sample
+    from .training import Trainer, latest_checkpoint, plot_samples
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        found = path / "model.pt" if (path / "model.pt").is_file() else latest_checkpoint(path)
+        if found is None:
+            raise CommandError(f"no checkpoint (model.pt or step_*.pt) in {path}")
+        path = found
+    try:
+        trainer = Trainer.load(path, device=args.device, progress=False)
+    except (ValueError, FileNotFoundError) as error:
+        raise CommandError(str(error)) from None
+    shape = tuple(args.shape) if args.shape else trainer.sample_shape
+    if shape is None:
+        raise CommandError(f"{path} does not record the sample shape; give --shape, e.g. --shape 1,28,28")
+    options = {"seed": args.seed}
+    if args.solver not in ("adaptive_sde",):
+        options["steps"] = args.steps
+    try:
+        solution = sample(trainer.sde, trainer.score_fn(ema=not args.no_ema), (args.n, *shape), solver=args.solver,
+                          time_grid=args.time_grid, denoise=args.denoise, progress=not args.quiet,
+                          dtype=trainer.dtype, device=trainer.device, **options)
+    except (ValueError, TypeError) as error:
+        raise CommandError(str(error)) from None
+    samples = solution.x.detach().cpu()
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix == ".npy":
+        np.save(output, samples.numpy())
+    else:
+        plot_samples(samples, output, title=f"{args.solver}, {solution.nfe} NFE")
+    print(f"{args.n} samples of shape {shape} from {path} with {args.solver} ({solution.nfe} NFE); wrote {output}")
+    return 0
+
+
+def _guarded(function):
+    def run(args) -> int:
+        try:
+            return function(args)
+        except CommandError as error:
+            print(f"sdekit {args.command}: error: {error}", file=sys.stderr)
+            return 2
+    return run
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def register(subparsers) -> None:
+    """Add ``train`` and ``sample`` to an argparse ``subparsers`` object (the ``sdekit`` console script's)."""
+    from .data import TOY_SETS
+    train = subparsers.add_parser(
+        "train", help="train a score network by denoising score matching",
+        description="Train an MLP (vector data) or a U-Net (images) on a diffusion SDE. Checkpoints go to "
+                    "--output every --checkpoint-every steps; rerunning the same command resumes from the newest.",
+        epilog="examples: sdekit train --data moons --steps 5000 --output runs/moons;  "
+               "sdekit train --data digits --sde vp --steps 20000 --batch-size 128 --output runs/digits "
+               "(digits need scikit-learn);  sdekit train --data my_points.npy --output runs/mine")
+    train.add_argument("--data", required=True,
+                       help=f"a toy set ({', '.join(TOY_SETS)}), 'digits' (sklearn 8x8, scaled to [-1, 1]) or a .npy "
+                            "file of shape (N, D) or (N, C, H, W)")
+    train.add_argument("--n", type=int, default=20000, help="samples drawn from a toy set (default: %(default)s)")
+    train.add_argument("--sde", choices=SDES, default="vp", help="forward SDE preset (default: %(default)s)")
+    train.add_argument("--net", choices=("auto", "mlp", "unet"), default="auto",
+                       help="network; auto: MLP for vectors, U-Net for images (default: %(default)s)")
+    train.add_argument("--hidden", type=int, default=256, help="MLP width (default: %(default)s)")
+    train.add_argument("--depth", type=int, default=3, help="MLP residual blocks (default: %(default)s)")
+    train.add_argument("--base", type=int, default=32, help="U-Net base channels (default: %(default)s)")
+    train.add_argument("--channel-mults", type=_int_list, default=None,
+                       help="U-Net channel multipliers per level, e.g. 1,2,2 (default: 1,2 up to 16 px, else 1,2,2)")
+    train.add_argument("--time-embedding", choices=("fourier", "sinusoidal"), default="fourier",
+                       help="time embedding (default: %(default)s)")
+    train.add_argument("--prediction", choices=("eps", "x0", "v", "score"), default="eps",
+                       help="what the network predicts (default: %(default)s)")
+    train.add_argument("--weighting", choices=("sigma2", "likelihood"), default="sigma2",
+                       help="loss weighting: sigma2 (DDPM) or likelihood (g^2) (default: %(default)s)")
+    train.add_argument("--importance-sampling", action="store_true",
+                       help="draw t with density proportional to g^2/sigma^2 (for --weighting likelihood)")
+    train.add_argument("--steps", type=int, default=5000, help="total optimizer steps (default: %(default)s)")
+    train.add_argument("--batch-size", type=int, default=256, help="(default: %(default)s)")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    train.add_argument("--warmup", type=int, default=100, help="linear warm-up steps (default: %(default)s)")
+    train.add_argument("--ema-decay", type=float, default=0.999, help="(default: %(default)s)")
+    train.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ... (default: %(default)s)")
+    train.add_argument("--output", required=True, help="output folder for checkpoints, model.pt and plots")
+    train.add_argument("--checkpoint-every", type=int, default=1000, help="(default: %(default)s)")
+    train.add_argument("--plot-every", type=int, default=0,
+                       help="write a sample plot to OUTPUT/plots every this many steps (0: never; needs matplotlib)")
+    train.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_guarded(_train), command="train")
+
+    sample = subparsers.add_parser(
+        "sample", help="sample a trained score network",
+        description="Load a checkpoint written by `sdekit train` (a file, or its output folder) and sample it with "
+                    "any sampler; write the samples as .npy or a PNG (scatter for 2-D, image grid otherwise).",
+        epilog="example: sdekit sample --checkpoint runs/moons --solver dpm_solver++_2m --steps 20 --n 2000 "
+               "--output moons.png")
+    sample.add_argument("--checkpoint", required=True, help="checkpoint file, or a folder (model.pt or newest step_*.pt)")
+    sample.add_argument("--solver", default="euler_maruyama",
+                        help="sampler name, e.g. euler_maruyama, reverse_diffusion, pc, ddim, dpm_solver++_2m, edm_heun, "
+                             "heun, rk4 (default: %(default)s)")
+    sample.add_argument("--steps", type=int, default=500, help="sampler steps (default: %(default)s)")
+    sample.add_argument("--time-grid", choices=("uniform", "quadratic", "logsnr", "karras"), default="uniform",
+                        help="(default: %(default)s)")
+    sample.add_argument("--n", type=int, default=1000, help="number of samples (default: %(default)s)")
+    sample.add_argument("--shape", type=_int_list, default=None,
+                        help="sample shape, e.g. 2 or 1,8,8 (default: the training data's, from the checkpoint)")
+    sample.add_argument("--denoise", action="store_true", help="finish with a Tweedie denoising step")
+    sample.add_argument("--no-ema", action="store_true", help="use the live weights instead of the EMA")
+    sample.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    sample.add_argument("--device", default="auto", help="(default: %(default)s)")
+    sample.add_argument("--output", required=True, help="samples.npy or a .png plot")
+    sample.add_argument("--quiet", action="store_true", help="no progress bar")
+    sample.set_defaults(func=_guarded(_sample), command="sample")
