@@ -104,6 +104,43 @@ def test_tree_bridge_formulas_on_a_dyadic_grid():
     assert abs(H_root.var() / (T / 12) - 1) < 0.05
 
 
+def descend(seed, T, depth, n, index):
+    """The literal L-level descent of the (W, H) bridge (the recursion in BrownianTree's
+    docstring), one level at a time, with the tree's node normals: returns (W(t), K(t))."""
+    def normals(key):
+        return counter_normal(seed, torch.tensor([key]), n)[0].double()
+    z = normals(0)
+    W, H = math.sqrt(T) * z[0], math.sqrt(T / 12) * z[1]
+    if index == 2 ** depth:
+        return W, T * (W / 2 + H)
+    W_abs, K, h = torch.zeros(n, dtype=F64), torch.zeros(n, dtype=F64), T
+    for level in range(depth):
+        z = normals((1 << level) + (index >> (depth - level)))
+        W_left = W / 2 + 1.5 * H + math.sqrt(h) / 4 * z[0]
+        H_left = H / 4 - math.sqrt(h) / 8 * z[0] + math.sqrt(h / 48) * z[1]
+        if (index >> (depth - level - 1)) & 1:
+            W, H = W - W_left, 2 * H + W / 2 - W_left - H_left
+            K = K + h / 2 * W_abs + h / 2 * (H_left + W_left / 2)
+            W_abs = W_abs + W_left
+        else:
+            W, H = W_left, H_left
+        h /= 2
+    return W_abs, K
+
+
+def test_tree_equals_the_level_by_level_descent():
+    """The tree evaluates all levels at once; it must equal the recursion done level by level."""
+    T, depth, n = 3.0, 10, 5
+    bm = BrownianTree(1.0, 1.0 + T, (n,), seed=12, depth=depth)
+    for index in (0, 1, 2, 3, 341, 512, 777, 1000, 1023, 1024):
+        t = 1.0 + T * index / 2 ** depth
+        W_ref, K_ref = descend(12, T, depth, n, index)
+        dW, H = bm.increments(torch.tensor([1.0, t], dtype=F64), levy_area=True)
+        h = t - 1.0
+        assert torch.allclose(dW[0], W_ref, rtol=0, atol=1e-12)
+        assert torch.allclose(integral(dW[0], H[0], h), K_ref, rtol=0, atol=1e-12)
+
+
 def test_tree_variance_of_a_non_dyadic_interval():
     bm = BrownianTree(-1.0, 3.0, (16000,), seed=9)
     ta, tb = 0.123, 0.987
