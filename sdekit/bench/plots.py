@@ -28,6 +28,15 @@ def _points(rows, x_key: str, metric: str):
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+def _stderr_bars(rows, metric: str, errors):
+    """Monte Carlo standard errors as asymmetric bars that stay positive on a log axis."""
+    stderr = [r.get(f"{metric}_stderr") or 0.0 for r in rows if r[f"{metric}_error"] is not None
+              and r[f"{metric}_error"] > 0]
+    if len(stderr) != len(errors) or not any(stderr):
+        return None
+    return [[min(s, 0.9 * e) for s, e in zip(stderr, errors)], stderr]
+
+
 def _label(metric: str, kind: str) -> str:
     if kind == "ode":
         return "error |x_N - x(t1)|"
@@ -42,8 +51,9 @@ def _finish(fig, path):
 
 
 def plot_convergence(result, path=None):
-    """Error against step size ``h`` (log–log), one panel per available metric, each solver with a
-    dashed reference slope ``C h^p`` at its declared order ``p`` through its coarsest point."""
+    """Error against step size ``h`` (log–log), one panel per available metric, each solver with
+    Monte Carlo standard-error bars and a dashed reference slope ``C h^p`` at its declared order ``p``
+    through its coarsest point."""
     plt = _pyplot()
     metrics = _metrics(result) or ["strong"]
     kind = result.meta.get("kind", "sde")
@@ -56,12 +66,15 @@ def plot_convergence(result, path=None):
             color = f"C{index % 10}"
             fit = result.fit(name, metric)
             label = name if math.isnan(fit.order) else f"{name} (fit {fit.order:.2f})"
-            ax.loglog(h, errors, "o-", color=color, label=label)
+            ax.errorbar(h, errors, yerr=_stderr_bars(result.rows_of(name), metric, errors), fmt="o-",
+                        color=color, label=label, capsize=2)
             theory = result.theory(name, metric)
             if theory:
                 anchor = max(range(len(h)), key=lambda i: h[i])
                 ref = [errors[anchor] * (x / h[anchor]) ** theory for x in h]
-                ax.loglog(h, ref, "--", color=color, alpha=0.6, label=f"O(h^{theory:g})")
+                ax.plot(h, ref, "--", color=color, alpha=0.6, label=f"O(h^{theory:g})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.set_xlabel("step size h")
         ax.set_ylabel(_label(metric, kind))
         ax.set_title(f"{result.meta.get('problem')}: {metric if kind == 'sde' else 'global'} convergence")
