@@ -276,9 +276,10 @@ class BrownianTree:
     and :math:`K(t) = \int_{t_0}^t W` is the same sum with the integrals of :math:`g_1, g_2`
     (which vanish over a whole node, so nodes left of ``t`` drop out):
     :math:`\tfrac{h\sqrt h}{8}(x^3 - x^2)` (:math:`\tfrac{h\sqrt h}{8} x(1-x)^2`) and
-    :math:`\tfrac{\sqrt3}{4} h\sqrt h (x^2/2 - x^3/3)` (:math:`\tfrac{\sqrt3}{4} h\sqrt h (1/6 - x^2/2 + x^3/3)`).
-    This is exactly the L-level descent of the recursion above (same normals, same values), done
-    for all levels at once. Then for ``a < b``: :math:`W_{a,b} = W(b) - W(a)`,
+    :math:`\tfrac{\sqrt3}{4} h\sqrt h (x^2/2 - x^3/3)`
+    (:math:`\tfrac{\sqrt3}{4} h\sqrt h (1/6 - x^2/2 + x^3/3)`).
+    This is exactly the L-level descent of the recursion above (same normals, same values up to
+    rounding; ``tests/test_brownian.py`` checks it level by level), done for all levels at once. Then for ``a < b``: :math:`W_{a,b} = W(b) - W(a)`,
     :math:`\int_a^b (W_r - W_a) dr = K(b) - K(a) - (b - a) W(a)` and
     :math:`H_{a,b} = \int_a^b (W_r - W_a) dr / (b - a) - W_{a,b} / 2`.
 
