@@ -279,7 +279,8 @@ class BrownianTree:
     :math:`\tfrac{\sqrt3}{4} h\sqrt h (x^2/2 - x^3/3)`
     (:math:`\tfrac{\sqrt3}{4} h\sqrt h (1/6 - x^2/2 + x^3/3)`).
     This is exactly the L-level descent of the recursion above (same normals, same values up to
-    rounding; ``tests/test_brownian.py`` checks it level by level), done for all levels at once. Then for ``a < b``: :math:`W_{a,b} = W(b) - W(a)`,
+    rounding; ``tests/test_brownian.py`` checks it level by level), done for all levels at once.
+    Then for ``a < b``: :math:`W_{a,b} = W(b) - W(a)`,
     :math:`\int_a^b (W_r - W_a) dr = K(b) - K(a) - (b - a) W(a)` and
     :math:`H_{a,b} = \int_a^b (W_r - W_a) dr / (b - a) - W_{a,b} / 2`.
 
