@@ -82,6 +82,15 @@ class DistributedTrainer(Trainer):
         self.rank, self.world_size = self.context.rank, self.context.world_size
         self._seed_generators()
 
+    def load_state(self, checkpoint: dict) -> None:
+        """Restore a checkpoint (written by rank 0), then give each rank its own generators again, seeded
+        from ``(seed, rank, step)``: a resumed data-parallel run is not bitwise the uninterrupted one."""
+        super().load_state(checkpoint)
+        if self.context.distributed:
+            offset = self.seed + 7919 * self.rank + 104729 * self.step
+            self.batch_generator = torch.Generator().manual_seed(offset)
+            self.noise_generator = torch.Generator(device=self.device).manual_seed(offset + 1)
+
     def _average_loss(self, loss: torch.Tensor) -> torch.Tensor:
         if not self.context.distributed:
             return loss

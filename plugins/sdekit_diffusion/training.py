@@ -243,7 +243,7 @@ class Trainer:
         if self.checkpoint_dir is not None:
             newest = latest_checkpoint(self.checkpoint_dir)
             if newest is not None:
-                checkpoint = _read_checkpoint(newest, self.device)
+                checkpoint = _read_checkpoint(newest)
                 if checkpoint["step"] > self.step:
                     self.load_state(checkpoint)
         self._synchronize_start()
@@ -377,7 +377,7 @@ class Trainer:
         (e.g. ``checkpoint_dir=``).
         """
         device = resolve_device(device)
-        checkpoint = _read_checkpoint(path, device)
+        checkpoint = _read_checkpoint(path)
         if net is None:
             if checkpoint["net_class"] not in NETWORKS:
                 raise ValueError(f"{path} holds a {checkpoint['net_class']} network, which sdekit_diffusion cannot "
@@ -396,12 +396,13 @@ class Trainer:
         return trainer
 
 
-def _read_checkpoint(path: str | os.PathLike, device: torch.device) -> dict:
+def _read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=False)
+        # on the CPU: RNG states must stay CPU tensors; load_state_dict copies weights to their device
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
         raise ValueError(f"{path} is not a readable checkpoint: {error}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
