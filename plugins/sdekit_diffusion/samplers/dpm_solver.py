@@ -42,7 +42,14 @@ Algorithm 2, and the third-order multistep update of the authors' ``dpm_solver_p
                            - \tfrac12 \alpha_i \phi_1 D_{1,0}, \\
     \text{3M:}\quad x_i &= \tfrac{\sigma_i}{\sigma_{i-1}} x - \alpha_i\phi_1 D_0
         + \alpha_i \phi_2 \Bigl(D_{1,0} + \tfrac{r_0}{r_0 + r_1}(D_{1,0} - D_{1,1})\Bigr)
-        - \alpha_i \phi_3 \tfrac{D_{1,0} - D_{1,1}}{r_0 + r_1}.
+        - \alpha_i \phi_3 \tfrac{2 (D_{1,0} - D_{1,1})}{r_0 + r_1}.
+
+The 3M coefficients follow from the Taylor expansion :math:`\hat x_0(\lambda_{i-1} + u) = D_0 + u
+D' + \tfrac{u^2}{2} D''`: :math:`\int_0^h e^{u-h} u^k/k!\,du` is :math:`-\phi_1`,
+:math:`h\phi_2` and :math:`-h^2\phi_3` for ``k = 0, 1, 2``, and
+:math:`2(D_{1,0} - D_{1,1})/(r_0 + r_1) = h^2 D'' + O(h^3)`. (The authors' code and diffusers
+multiply :math:`\phi_3` by half this second difference, :math:`(D_{1,0} - D_{1,1})/(r_0 + r_1)`;
+that update measures global order 2 in ``tests/plugins/test_samplers.py``, this one order 3.)
 
 The first steps use the lower orders (1, then 2) until enough history exists; with
 ``lower_order_final=True`` (default) and fewer than 10 steps the last steps drop order too,
@@ -131,7 +138,7 @@ def _multistep(ctx: Context, x: torch.Tensor, ts: torch.Tensor, order: int,
                 r1 = h[i - 2] / hi
                 d1_1 = (history[1] - history[2]) / r1
                 d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
+                d2 = 2 * (d1_0 - d1_1) / (r0 + r1)          # h^2 x0'' + O(h^3)
                 phi2 = phi1 / hi + 1
                 phi3 = phi2 / hi - 0.5
                 x_new = x_new + alpha[i + 1] * phi2 * d1 - alpha[i + 1] * phi3 * d2

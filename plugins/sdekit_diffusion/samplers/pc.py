@@ -15,8 +15,11 @@ ratio of :math:`\alpha` so that it holds for sub-VP, cosine and custom marginals
 
 - ``langevin`` (score_sde ``LangevinCorrector``, Algorithm 5): :math:`z \sim \mathcal N(0, I)`,
   :math:`\epsilon = 2 a_i (\mathrm{snr}\,\lVert z\rVert / \lVert s\rVert)^2`,
-  :math:`x \leftarrow x + \epsilon s + \sqrt{2\epsilon} z`. Norms per sample (score_sde averages
-  them over the batch; per sample keeps samples independent of the batch).
+  :math:`x \leftarrow x + \epsilon s + \sqrt{2\epsilon} z`. Norms per sample by default
+  (``per_sample=True``: samples independent of the batch); ``per_sample=False`` averages them over
+  the batch as score_sde does. With few dimensions per sample the per-sample ratio
+  :math:`\lVert z\rVert^2/\lVert s\rVert^2` is heavy-tailed (an F distribution) and occasional
+  huge steps inflate the variance; on images (thousands of dimensions) it concentrates.
 - ``ald`` (annealed Langevin dynamics, Song & Ermon 2019; score_sde
   ``AnnealedLangevinDynamics``): :math:`\epsilon = 2 a_i (\mathrm{snr}\,\sigma(t_i))^2`, same update.
 - ``"none"``.
@@ -49,7 +52,8 @@ def _per_sample(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def pc(ctx: Context, x: torch.Tensor, ts: torch.Tensor, predictor: str = "reverse_diffusion",
-       corrector: str = "langevin", snr: float = SNR, n_corrector_steps: int = 1) -> torch.Tensor:
+       corrector: str = "langevin", snr: float = SNR, n_corrector_steps: int = 1,
+       per_sample: bool = True) -> torch.Tensor:
     """Predictor-corrector sampler (module docstring)."""
     if predictor not in PREDICTORS:
         raise ValueError(f"unknown predictor {predictor!r}; valid ones are {', '.join(PREDICTORS)}")
@@ -63,15 +67,19 @@ def pc(ctx: Context, x: torch.Tensor, ts: torch.Tensor, predictor: str = "revers
     if corrector == "none":
         n_corrector_steps = 0
     alpha_ts, sigma2_ts, (alpha, sigma, _) = transition(ctx, ts)
-    a = alpha_ts ** -2          # (alpha(t_i) / alpha(t_{i+1}))^2 <= 1, = 1 for VE
+    a = alpha_ts ** 2           # (alpha(t_i) / alpha(t_{i+1}))^2 <= 1, = 1 for VE
     for i in range(len(ts) - 1):
         t = ts[i]
         for _ in range(n_corrector_steps):
             score = ctx.score(t, x)
             z = ctx.normal()
             if corrector == "langevin":
-                ratio = z.flatten(1).norm(dim=1) / score.flatten(1).norm(dim=1)
-                step = _per_sample(2 * a[i] * (snr * ratio) ** 2, x)
+                noise_norm, score_norm = z.flatten(1).norm(dim=1), score.flatten(1).norm(dim=1)
+                if not per_sample:
+                    noise_norm, score_norm = noise_norm.mean(), score_norm.mean()
+                ratio = noise_norm / score_norm
+                step = 2 * a[i] * (snr * ratio) ** 2
+                step = _per_sample(step, x) if per_sample else step
             else:
                 step = 2 * a[i] * (snr * sigma[i]) ** 2
             x = x + step * score + torch.sqrt(2 * step) * z
