@@ -137,6 +137,7 @@ STOCHASTIC_CASES = [
     ("subvp", "pc", {"corrector": "langevin"}),
     ("vp", "pc", {"corrector": "ald", "predictor": "ancestral"}),
     ("ve", "pc", {"corrector": "ald"}),
+    ("vp", "pc", {"predictor": "euler_maruyama", "corrector": "none"}),
     ("vp", "sra1", {}),
     ("vp", "edm_heun", {"S_churn": 10.0}),
 ]
@@ -170,6 +171,34 @@ def test_pc_langevin_on_subvp_uses_general_alpha():
         a = alpha_ts ** 2
         assert bool((a <= 1).all()) and bool((sigma2_ts > 0).all())
         assert torch.allclose(a, torch.ones_like(a)) == expect_one
+
+
+def _first_normal(x_T, seed):
+    """The first draw of the per-sample stream a sampler started from x_T uses."""
+    from sdekit_diffusion.samplers._common import NormalStream
+    return NormalStream(x_T.shape, seed, 0, x_T.dtype, x_T.device)()
+
+
+def test_one_step_reduces_to_the_classical_updates():
+    """ancestral on VE = score_sde's SMLD update; reverse_diffusion on VP = score_sde's DDPM-chain
+    reverse step (x + beta s)... with 1 - beta = alpha(t)^2 / alpha(s)^2."""
+    x_T = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    z = _first_normal(x_T, 4)
+    ve = skd.VESDE(sigma_min=0.01, sigma_max=5.0)
+    score = mixture().score_fn(ve)
+    t, s = torch.tensor(1.0), torch.tensor(0.5)
+    got = skd.sample(ve, score, x_T=x_T, solver="ancestral", steps=1, t_min=0.5, seed=4).x
+    sig_t, sig_s = ve.sigma(t), ve.sigma(s)
+    smld = (x_T + (sig_t ** 2 - sig_s ** 2) * score(t.expand(6), x_T)
+            + torch.sqrt((sig_t ** 2 - sig_s ** 2) * sig_s ** 2 / sig_t ** 2) * z)
+    assert torch.allclose(got, smld)
+    vp = skd.VPSDE()
+    score = mixture().score_fn(vp)
+    got = skd.sample(vp, score, x_T=x_T, solver="reverse_diffusion", steps=1, t_min=0.5, seed=4).x
+    beta = 1 - vp.alpha(t) ** 2 / vp.alpha(s) ** 2
+    ddpm = (x_T - (torch.sqrt(1 - beta) - 1) * x_T + beta * score(t.expand(6), x_T)
+            + torch.sqrt(beta) * z)
+    assert torch.allclose(got, ddpm)
 
 
 def test_ancestral_equals_ddim_eta_one():
