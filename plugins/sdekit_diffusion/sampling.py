@@ -91,7 +91,8 @@ def sample(sde: DiffusionSDE, score_fn: Callable, shape=None, *, x_T: torch.Tens
 
     Sample ``i`` depends only on ``(seed, i + sample_offset)``, not on the batch size, for every
     sampler except the core's adaptive ones (``dopri5`` and ``adaptive_em`` share step sizes
-    across the batch).
+    across the batch) and ``pc``/``core_pc`` with the Langevin corrector, whose step size uses norms
+    averaged over the batch as in score_sde (``per_sample=True`` on ``pc`` makes it per sample).
     """
     if not isinstance(sde, DiffusionSDE):
         raise TypeError(f"sde must be a DiffusionSDE, got {type(sde).__name__}")

@@ -260,7 +260,7 @@ REPRODUCIBLE = [name for name in available() if name not in ("dopri5", "adaptive
 def test_same_sample_whatever_the_batch_size(solver):
     sde = skd.VPSDE()
     score = mixture().score_fn(sde)
-    options = {"S_churn": 5.0} if solver == "edm_heun" else {}
+    options = {"edm_heun": {"S_churn": 5.0}, "pc": {"per_sample": True}}.get(solver, {})
     small = skd.sample(sde, score, (3, 2), solver=solver, seed=11, **_options(solver), **options).x
     large = skd.sample(sde, score, (7, 2), solver=solver, seed=11, **_options(solver), **options).x
     assert torch.allclose(small, large[:3], atol=1e-12)

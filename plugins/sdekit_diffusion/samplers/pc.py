@@ -15,9 +15,9 @@ ratio of :math:`\alpha` so that it holds for sub-VP, cosine and custom marginals
 
 - ``langevin`` (score_sde ``LangevinCorrector``, Algorithm 5): :math:`z \sim \mathcal N(0, I)`,
   :math:`\epsilon = 2 a_i (\mathrm{snr}\,\lVert z\rVert / \lVert s\rVert)^2`,
-  :math:`x \leftarrow x + \epsilon s + \sqrt{2\epsilon} z`. Norms per sample by default
-  (``per_sample=True``: samples independent of the batch); ``per_sample=False`` averages them over
-  the batch as score_sde does. With few dimensions per sample the per-sample ratio
+  :math:`x \leftarrow x + \epsilon s + \sqrt{2\epsilon} z`. The norms are averaged over the batch
+  by default, as score_sde does (so a sample depends on its batch); ``per_sample=True`` takes them
+  per sample (samples independent of the batch). With few dimensions per sample the per-sample ratio
   :math:`\lVert z\rVert^2/\lVert s\rVert^2` is heavy-tailed (an F distribution) and occasional
   huge steps inflate the variance; on images (thousands of dimensions) it concentrates.
 - ``ald`` (annealed Langevin dynamics, Song & Ermon 2019; score_sde
@@ -53,7 +53,7 @@ def _per_sample(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def pc(ctx: Context, x: torch.Tensor, ts: torch.Tensor, predictor: str = "reverse_diffusion",
        corrector: str = "langevin", snr: float = SNR, n_corrector_steps: int = 1,
-       per_sample: bool = True) -> torch.Tensor:
+       per_sample: bool = False) -> torch.Tensor:
     """Predictor-corrector sampler (module docstring)."""
     if predictor not in PREDICTORS:
         raise ValueError(f"unknown predictor {predictor!r}; valid ones are {', '.join(PREDICTORS)}")
