@@ -196,6 +196,21 @@ def test_save_load_gives_identical_samples(tmp_path):
     assert torch.equal(samples[0], samples[1])
 
 
+def test_unet_trains_and_is_rebuilt_from_its_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    net = UNet(1, base=8, channel_mults=(1, 2), attention_resolutions=(4,), time_embedding="sinusoidal")
+    trainer = Trainer(net, skd.VESDE(), prediction="x0", weighting="likelihood", importance_sampling=True,
+                      device="cpu", progress=False)
+    trainer.fit(torch.rand(32, 1, 8, 8) * 2 - 1, steps=3, batch_size=8)
+    trainer.save(tmp_path / "unet.pt")
+    loaded = Trainer.load(tmp_path / "unet.pt", device="cpu")
+    assert isinstance(loaded.net, UNet) and loaded.sample_shape == (1, 8, 8) and loaded.prediction == "x0"
+    x, t = torch.randn(4, 1, 8, 8), torch.rand(4)
+    assert torch.equal(loaded.ema(x, t), trainer.ema(x, t))
+    with pytest.raises(ValueError, match=r"\(1, H, W\)"):
+        trainer.fit(torch.rand(32, 3, 8, 8), steps=4, batch_size=8)
+
+
 def test_resume_continues_step_count_and_loss_curve(tmp_path):
     data = datasets.moons(512)
     interrupted = small_trainer(checkpoint_dir=tmp_path, checkpoint_every=10)
