@@ -2,22 +2,24 @@
 
 ``import sdekit_diffusion as skd``: forward SDEs from marginals (:class:`DiffusionSDE`, presets
 :class:`VPSDE`, :class:`SubVPSDE`, :class:`VESDE`, :class:`CosineVPSDE`), their reverse SDEs and
-probability-flow ODEs, score parameterizations (:func:`as_score`, :func:`transform_score`) and
-exact test problems (:mod:`sdekit_diffusion.problems`).
+probability-flow ODEs, score parameterizations (:func:`as_score`, :func:`transform_score`), exact
+test problems (:mod:`sdekit_diffusion.problems`), samplers (:func:`sample`), likelihoods
+(:func:`log_likelihood`), networks (:mod:`sdekit_diffusion.nets`) and training (:func:`dsm_loss`,
+:class:`Trainer`).
 """
-from . import problems
+from . import data, nets, problems
+from .likelihood import bits_per_dim, log_likelihood
+from .losses import ddpm_loss, dsm_loss, smld_loss
 from .problems import GaussianMixture
+from .sampling import sample
 from .score import PREDICTIONS, as_score, prediction_to_score, score_to_prediction, transform_score
 from .sde import (CosineVPSDE, DiffusionSDE, LinearSDESchedule, ProbabilityFlowODE, ReverseSDE,
                   SubVPSDE, VESDE, VPSDE)
+from .time_grids import GRIDS, time_grid
+from .training import Trainer
 
 __all__ = ["DiffusionSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "ReverseSDE",
            "ProbabilityFlowODE", "LinearSDESchedule", "as_score", "transform_score",
            "prediction_to_score", "score_to_prediction", "PREDICTIONS", "problems",
-           "GaussianMixture"]
-
-from .sampling import sample  # noqa: E402  (samplers: sdekit_diffusion.samplers)
-from .time_grids import GRIDS, time_grid  # noqa: E402
-__all__ += ["sample", "time_grid", "GRIDS"]
-from .likelihood import bits_per_dim, log_likelihood  # noqa: E402
-__all__ += ["log_likelihood", "bits_per_dim"]
+           "GaussianMixture", "sample", "time_grid", "GRIDS", "log_likelihood", "bits_per_dim",
+           "dsm_loss", "ddpm_loss", "smld_loss", "Trainer", "nets", "data"]
