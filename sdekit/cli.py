@@ -35,8 +35,8 @@ def _list(kind, name: str):
 
 
 def _problem_names() -> list[str]:
-    from .bench import problems
-    return problems()
+    from .bench import problem_names
+    return problem_names()
 
 
 def _add_bench(subparsers) -> None:
@@ -84,7 +84,7 @@ def _run_bench(args) -> int:
 
     if args.list:
         print("problems:")
-        for name in bench.problems():
+        for name in bench.problem_names():
             print(f"  {name:14s} {bench.get_problem(name).description}")
         print("solvers:")
         for info in registry.available():
@@ -92,8 +92,8 @@ def _run_bench(args) -> int:
                       else f"strong {info['strong_order']}, weak {info['weak_order']}")
             print(f"  {info['name']:16s} {info['kind']}  {orders}{'  adaptive' if info['adaptive'] else ''}")
         return 0
-    if args.problem not in bench.problems():
-        raise UsageError(f"unknown problem {args.problem!r}; valid problems: {', '.join(bench.problems())}")
+    if args.problem not in bench.problem_names():
+        raise UsageError(f"unknown problem {args.problem!r}; valid problems: {', '.join(bench.problem_names())}")
     problem = bench.get_problem(args.problem)
     names = args.solvers or list(problem.solvers)
     known = [info["name"] for info in registry.available()]

@@ -1,5 +1,4 @@
 """sdekit.bench: fitted orders match theory on the standard problems; registry, JSON, text, plots."""
-import importlib
 import json
 import math
 
@@ -9,8 +8,7 @@ import torch
 import sdekit
 from sdekit import bench
 
-# the module, not the function sdekit.bench.problems() that shadows it as a package attribute
-bench_problems = importlib.import_module("sdekit.bench.problems")
+from sdekit.bench import problems as bench_problems
 
 TOLERANCE = 0.3  # |fitted - theory| allowed, as diffrax's tests
 
@@ -116,7 +114,7 @@ def test_fit_order_recovers_slope_with_interval():
 # --- registry ------------------------------------------------------------------------------------
 
 def test_registry_lists_and_rejects_unknown():
-    names = bench.problems()
+    names = bench.problem_names()
     for name in ("gbm", "rn_additive", "rn_scalar", "ou", "linear"):
         assert name in names
         assert bench.get_problem(name).description
@@ -140,7 +138,7 @@ def test_register_problem_from_outside(monkeypatch):
             return (self.initial(1) if x0 is None else x0) * math.exp(-(t1 - self.t0))
 
     bench.register_problem("decay", DecayProblem)
-    assert "decay" in bench.problems()
+    assert "decay" in bench.problem_names()
     result = bench.run("decay", ["euler"], steps=[10, 20, 40])
     assert result.meta["problem"] == "decay"
     assert abs(result.fit("euler").order - 1) < 0.1
@@ -203,8 +201,8 @@ def diffusion_bench():
 
 def test_diffusion_problems_register(diffusion_bench):
     for name in diffusion_bench.bench_problem_names():
-        assert name in bench.problems()
-    assert {"vp_flow_gaussian", "subvp_flow_mixture", "ve_reverse_mixture", "linear_flow_gaussian"} <= set(bench.problems())
+        assert name in bench.problem_names()
+    assert {"vp_flow_gaussian", "subvp_flow_mixture", "ve_reverse_mixture", "linear_flow_gaussian"} <= set(bench.problem_names())
 
 
 @pytest.mark.parametrize("solver, theory", [("heun", 2.0), ("rk4", 4.0)])

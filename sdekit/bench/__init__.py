@@ -12,11 +12,11 @@ Modules: :mod:`~sdekit.bench.problems` (standard problems and the registry plugi
 :mod:`~sdekit.bench.plots`.
 """
 from .measure import Outcome, SdekitSolver, run
-from .problems import (WEAK_FUNCTIONS, BenchProblem, brownian_increment, get_problem, problems,
+from .problems import (WEAK_FUNCTIONS, BenchProblem, brownian_increment, get_problem, problem_names,
                        register_problem)
 from .result import BenchResult, Fit, fit_order
 from .plots import plot_convergence, plot_work_precision
 
-__all__ = ["run", "BenchResult", "Fit", "fit_order", "BenchProblem", "problems", "get_problem",
+__all__ = ["run", "BenchResult", "Fit", "fit_order", "BenchProblem", "problem_names", "get_problem",
            "register_problem", "brownian_increment", "WEAK_FUNCTIONS", "SdekitSolver", "Outcome",
            "plot_convergence", "plot_work_precision"]

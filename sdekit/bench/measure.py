@@ -116,7 +116,7 @@ def run(problem: str | BenchProblem, solvers: Sequence, *, steps: Sequence[int] 
     """Benchmark ``solvers`` on ``problem``.
 
     Args:
-        problem: a registered name (:func:`sdekit.bench.problems`) or a :class:`BenchProblem`.
+        problem: a registered name (:func:`sdekit.bench.problem_names`) or a :class:`BenchProblem`.
         solvers: registered solver names, solver instances, or bench solver adapters.
         steps: fixed step counts (for every non-adaptive solver, and adaptive ones without ``rtols``).
         rtols: tolerances for adaptive solvers; ``atol``: one value, one per rtol, or ``None``

@@ -333,7 +333,7 @@ def register_problem(name: str, factory: Callable[[], BenchProblem]) -> None:
     _REGISTRY[name] = factory
 
 
-def problems() -> list[str]:
+def problem_names() -> list[str]:
     """Names of the registered benchmark problems, sorted."""
     return sorted(_REGISTRY)
 
@@ -344,7 +344,7 @@ def get_problem(name: str | BenchProblem) -> BenchProblem:
     if isinstance(name, BenchProblem):
         return name
     if name not in _REGISTRY:
-        raise ValueError(f"unknown problem {name!r}; valid problems: {', '.join(problems())}")
+        raise ValueError(f"unknown problem {name!r}; valid problems: {', '.join(problem_names())}")
     problem = _REGISTRY[name]()
     if not problem.name:
         problem.name = name
