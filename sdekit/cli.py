@@ -144,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     parser.add_argument("--version", action="version", version=f"sdekit {__version__}")
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    _load_plugins(subparsers)  # first: plugins also register bench problems named in bench's --help
     _add_bench(subparsers)
-    _load_plugins(subparsers)
     return parser
 
 
