@@ -59,6 +59,7 @@ _LOWBIAS_1 = 0x7FEB352D
 _LOWBIAS_2 = 0x846CA68B
 _TWO_PI = 2.0 * math.pi
 _SERIAL_ELEMENTS = 32767  # below PyTorch's intra-op parallel grain (at::internal::GRAIN_SIZE)
+_NORMALS_PER_BLOCK = 1 << 16  # per-sample tree queries: float32 blocks of 256 KiB stay in cache
 
 
 def _hash32_(x: torch.Tensor) -> torch.Tensor:
@@ -106,6 +107,26 @@ def _seed_words(seed: int) -> tuple[int, int, int]:
         folded = _hash32_int(folded ^ ((seed >> (32 * word)) & _MASK32) ^ (0x68E31DA4 * word))
     return (_hash32_int(folded ^ 0x9E3779B9), _hash32_int(folded ^ 0x85EBCA6B),
             _hash32_int(folded ^ 0xC2B2AE35))
+
+
+def _key_words_planar(seed: int, keys: torch.Tensor) -> torch.Tensor:
+    """:func:`_key_words` (the same values) in the layout ``(2, *keys.shape)``, for many keys."""
+    s_a, s_b, s_c = (_as_int32_pattern(word) for word in _seed_words(seed))
+    keys = keys.to(torch.int64)
+    # int32 words: the hash is the same bijection of 32 bits as on int64 (see _hash32_), at half
+    # the memory; each word on its own contiguous tensor (a broadcast pair axis of size 2
+    # innermost defeats the vectorised kernels)
+    low = keys.to(torch.int32)  # the low 32 bits (the cast wraps modulo 2**32)
+    high = (keys >> 32).to(torch.int32)
+    words = torch.empty((2, *keys.shape), dtype=torch.int32, device=keys.device)
+    torch.bitwise_xor(_hash32_(low ^ s_a), high, out=words[0])
+    torch.bitwise_xor(_hash32_(low.bitwise_xor_(s_b)), high.bitwise_xor_(s_c), out=words[1])
+    return _hash32_(words)
+
+
+def _as_int32_pattern(word: int) -> int:
+    """A word in [0, 2**32) as the int32 with the same bits."""
+    return word - (1 << 32) if word >= 1 << 31 else word
 
 
 def _key_words(seed: int, keys: torch.Tensor) -> torch.Tensor:
@@ -244,6 +265,11 @@ class BrownianTree:
         seed: any Python int.
         dtype, device: of the outputs.
         levy_area: accepted for compatibility; the Lévy area ``H`` is always available.
+        sample_offset: the index of this tree's first sample (``shape[0]`` is the batch) in a larger
+            run: element indices are global, shifted by ``sample_offset * prod(shape[1:])``, so
+            sample ``b`` follows exactly the path of sample ``sample_offset + b`` of a tree with
+            the same seed and ``sample_offset=0`` (needs ``(sample_offset + shape[0]) *
+            prod(shape[1:]) <= 2**31``).
         depth: ``L``, the number of dyadic levels (default 24). Query times are snapped to the
             nearest point of the grid ``t0 + T j / 2**L``, ``T = |t1 - t0|``, so the **time
             tolerance** is ``T / 2**(L+1)`` (about 3e-8 of the interval by default, float32's
@@ -288,7 +314,10 @@ class BrownianTree:
     ``|Z| <= 5.9``: the law is Brownian to float32 resolution, for every ``dtype``), while ``W`` and
     ``K`` are accumulated in float64 (float32 on MPS) and cast to ``dtype`` at the end, so ``H``
     keeps its accuracy (it is a difference of ``K`` values divided by ``h``) even for float32
-    trees. A query of ``P`` points costs about ``P (L + 1)`` node-normal pairs per element (fewer on
+    trees. :meth:`increments_per_sample` on the CPU generates the same normals in a layout and in
+    chunks of samples that suit one or a few elements per sample (about 3x a full-batch query of
+    two points, for the coefficients of ``2 (L + 1)`` nodes per sample). A query of ``P`` points
+    costs about ``P (L + 1)`` node-normal pairs per element (fewer on
     the CPU, where the nodes that nearby points share are generated once); on the CPU, small states
     run on one thread (see ``_SerialOnCPU``). Validation of the query times needs one host sync per
     call on CUDA.
@@ -296,7 +325,7 @@ class BrownianTree:
 
     def __init__(self, t0: float, t1: float, shape: Sequence[int], seed: int = 0,
                  dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
-                 levy_area: bool = False, depth: int | None = None):
+                 levy_area: bool = False, depth: int | None = None, sample_offset: int = 0):
         self.shape = _check_shape(shape)
         t0, t1 = float(t0), float(t1)
         if not (math.isfinite(t0) and math.isfinite(t1)) or t0 == t1:
@@ -312,6 +341,15 @@ class BrownianTree:
         if not 1 <= self.depth <= 52:
             raise ValueError(f"depth must be in [1, 52], got {self.depth}")
         self._n_elements = math.prod(self.shape)
+        self.sample_offset = int(sample_offset)
+        self._first_element = self.sample_offset * (self._n_elements // self.shape[0])
+        if self.sample_offset < 0:
+            raise ValueError(f"sample_offset must be >= 0, got {self.sample_offset}")
+        if self._first_element + self._n_elements > 1 << 31:
+            raise ValueError(
+                f"sample_offset={self.sample_offset} with shape {self.shape} needs global element "
+                f"indices up to {self._first_element + self._n_elements - 1}, beyond 2**31 - 1; "
+                "use a smaller sample_offset (or another seed for far-away batches)")
         self._acc_dtype = _accumulation_dtype(self.device)
         self._tolerance = 1e-9 * self._length + 1e-12 * max(abs(t0), abs(t1))
         self._level_cache: dict[torch.device, tuple] = {}
@@ -319,7 +357,7 @@ class BrownianTree:
 
     def __repr__(self) -> str:
         return (f"BrownianTree(t0={self.t0}, t1={self.t1}, shape={self.shape}, seed={self.seed}, "
-                f"dtype={self.dtype}, depth={self.depth})")
+                f"dtype={self.dtype}, depth={self.depth}, sample_offset={self.sample_offset})")
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -357,8 +395,19 @@ class BrownianTree:
         index = self._snap(torch.stack((ta, tb), dim=1).reshape(-1)).reshape(batch, 2)
         per_sample = self._n_elements // batch
         elements = self._element_ids().reshape(batch, 1, per_sample)
+        # On the CPU, chunks of samples whose coefficients and normals stay in cache (the work
+        # per sample is O(depth) arrays; unchunked, large batches run at memory speed).
+        chunk = batch
+        if self.device.type == "cpu":
+            chunk = max(1, _NORMALS_PER_BLOCK // (4 * (self.depth + 1) * per_sample))
         with _serial(self.device, self._n_elements):
-            values = self._path(index, elements, True)  # (2, batch, 2, per_sample)
+            if chunk >= batch:
+                values = self._path(index, elements, True)  # (2, batch, 2, per_sample)
+            else:
+                values = torch.empty((2, batch, 2, per_sample), dtype=self._acc_dtype)
+                for start in range(0, batch, chunk):
+                    values[:, start:start + chunk] = self._path(
+                        index[start:start + chunk], elements[start:start + chunk], True)
         dW, H = self._finish(values.permute(0, 2, 1, 3), index.T, True, (batch, per_sample))
         return dW[0].reshape(self.shape), H[0].reshape(self.shape)
 
@@ -366,7 +415,8 @@ class BrownianTree:
 
     def _element_ids(self) -> torch.Tensor:
         if self._elements is None:
-            self._elements = torch.arange(self._n_elements, device=self.device, dtype=torch.int32)
+            self._elements = torch.arange(self._first_element, self._first_element + self._n_elements,
+                                          device=self.device, dtype=torch.int32)
         return self._elements
 
     def _snap(self, ts: torch.Tensor) -> torch.Tensor:
@@ -401,12 +451,19 @@ class BrownianTree:
         """
         level, shift, mask, sqrt_h, h_sqrt_h, scale = self._levels()
         acc = self._acc_dtype
+        depth = self.depth
+        rows = 2 if with_integral else 1
         idx = index[..., None]  # (*S, 1)
         offset = idx & mask  # position of t inside its level-l node, in grid units
         # Heap id of the node containing t; 0 (the root's id, coefficient 0) where t is the node's
-        # left end (the node's innovation does not move W(t) there).
-        keys = torch.where(offset == 0, 0, (idx >> shift) + (torch.ones_like(level) << level))
-        keys = torch.cat((keys, torch.zeros_like(keys[..., :1])), dim=-1)  # (*S, L+1)
+        # left end (the node's innovation does not move W(t) there). Outputs are written into
+        # preallocated (*S, L+1) keys and (*S, R, 2, L+1) coefficients (row r, normal, node):
+        # with one row per sample (per-sample queries) concatenating and stacking cost more than
+        # the arithmetic.
+        keys = torch.zeros((*index.shape, depth + 1), dtype=torch.int64, device=index.device)
+        keys[..., :depth] = (idx >> shift) + (torch.ones_like(level) << level)
+        keys[..., :depth].masked_fill_(offset == 0, 0)
+        coef = torch.empty((*index.shape, rows, 2, depth + 1), dtype=acc, device=index.device)
         y = offset.to(acc) / (mask + 1).to(acc)  # in [0, 1)
         left = y < 0.5
         x = torch.where(left, 2.0 * y, 2.0 * y - 1.0)
@@ -414,25 +471,25 @@ class BrownianTree:
         half_root3 = 0.5 * math.sqrt(3.0)
         g1 = torch.where(left, 0.25 * x, 0.25 * (1.0 - x)) - 0.75 * x1
         g2 = torch.where(left, half_root3 * x1, -half_root3 * x1)
-        root_x = index.to(acc)[..., None] / scale  # (*S, 1)
+        root_x = index.to(acc) / scale  # (*S,)
         root_T = self._length
-        coef_w = torch.stack((
-            torch.cat((g1 * sqrt_h, root_x * math.sqrt(root_T)), dim=-1),
-            torch.cat((g2 * sqrt_h, 6.0 * root_x * (1.0 - root_x) * math.sqrt(root_T / 12.0)),
-                      dim=-1)), dim=-1)  # (*S, L+1, 2)
-        rows = [coef_w]
+        torch.mul(g1, sqrt_h, out=coef[..., 0, 0, :depth])
+        torch.mul(g2, sqrt_h, out=coef[..., 0, 1, :depth])
+        torch.mul(root_x, math.sqrt(root_T), out=coef[..., 0, 0, depth])
+        torch.mul(6.0 * root_x * (1.0 - root_x), math.sqrt(root_T / 12.0), out=coef[..., 0, 1, depth])
         if with_integral:
             x2 = x * x
             f1 = torch.where(left, -x * x1, (1.0 - x) * x1) * 0.125
             f2 = torch.where(left, x2 / 2.0 - x2 * x / 3.0, 1.0 / 6.0 - x2 / 2.0 + x2 * x / 3.0)
             f2 = f2 * (0.5 * half_root3)
             rx2 = root_x * root_x
-            coef_k = torch.stack((
-                torch.cat((f1 * h_sqrt_h, rx2 / 2.0 * root_T * math.sqrt(root_T)), dim=-1),
-                torch.cat((f2 * h_sqrt_h, (3.0 * rx2 - 2.0 * rx2 * root_x)
-                           * root_T * math.sqrt(root_T / 12.0)), dim=-1)), dim=-1)
-            rows.append(coef_k)
-        coef = torch.stack(rows, dim=-3).flatten(-2)  # (*S, R, 2L+2)
+            torch.mul(f1, h_sqrt_h, out=coef[..., 1, 0, :depth])
+            torch.mul(f2, h_sqrt_h, out=coef[..., 1, 1, :depth])
+            torch.mul(rx2 / 2.0 * root_T, math.sqrt(root_T), out=coef[..., 1, 0, depth])
+            torch.mul((3.0 * rx2 - 2.0 * rx2 * root_x) * root_T, math.sqrt(root_T / 12.0),
+                      out=coef[..., 1, 1, depth])
+        # (*S, R, 2L+2), node-major (index 2 * node + normal) like the normals below
+        coef = coef.transpose(-1, -2).flatten(-2)
         return self._contract(coef, keys, elements).movedim(-2, 0)
 
     def _contract(self, coef: torch.Tensor, keys: torch.Tensor, elements: torch.Tensor) -> torch.Tensor:
@@ -441,6 +498,8 @@ class BrownianTree:
         ``keys``: (*S, L+1) node ids; ``elements`` broadcasts as (*S, n).
         """
         acc = self._acc_dtype
+        if keys.device.type == "cpu" and elements.dim() == 3:
+            return self._contract_per_sample(coef, keys, elements)
         if keys.device.type != "cpu" or elements.dim() != 1:
             normals = counter_normal(self.seed, keys, elements[..., None, :], torch.float32)
             return torch.matmul(coef, normals.to(acc).flatten(-3, -2))
@@ -466,6 +525,46 @@ class BrownianTree:
             block = inverse[start:start + per_block]
             normals = table.index_select(0, block.reshape(-1)).view(block.shape[0], width, n)
             torch.matmul(coef[start:start + per_block], normals, out=out[start:start + per_block])
+        return out
+
+    def _contract_per_sample(self, coef: torch.Tensor, keys: torch.Tensor,
+                             elements: torch.Tensor) -> torch.Tensor:
+        """CPU :meth:`_contract` for per-sample points: ``coef`` (B, P, R, 2L+2), ``keys`` (B, P, L+1),
+        ``elements`` (B, 1, n) -> (B, P, R, n).
+
+        The same normals as :func:`counter_normal` (same hash, same float32 Box--Muller), laid out
+        with the (sample, point, node) axis innermost: with a few elements per sample the
+        ``(..., 2, n)`` layout leaves rows of ``n`` values that the vectorised kernels cannot use
+        (measured 8x slower for ``n = 2``). Blocks of about 2**16 normals keep the work in cache.
+        """
+        batch, points, nodes = keys.shape
+        n = elements.shape[-1]
+        words = _key_words_planar(self.seed, keys).view(2, batch, 1, points * nodes)  # (2, B, 1, M)
+        elements = elements.reshape(batch, n)
+        out = torch.empty((batch, points, coef.shape[2], n), dtype=self._acc_dtype)
+        per_node = 2 * points * nodes  # normals per element per sample
+        if n * per_node >= _NORMALS_PER_BLOCK:
+            samples_per_block, elements_per_block = 1, max(1, _NORMALS_PER_BLOCK // per_node)
+        else:
+            samples_per_block, elements_per_block = _NORMALS_PER_BLOCK // (n * per_node), n
+        for b0 in range(0, batch, samples_per_block):
+            b1 = min(batch, b0 + samples_per_block)
+            block_words = words[:, b0:b1].transpose(1, 2)  # (2, 1, b, M)
+            block_coef = coef[b0:b1].flatten(0, 1)  # (b P, R, 2L+2)
+            for e0 in range(0, n, elements_per_block):
+                e1 = min(n, e0 + elements_per_block)
+                ids = elements[b0:b1, e0:e1].T[None, :, :, None]  # (1, e, b, 1)
+                bits = _hash32_(block_words ^ ids)  # (2, e, b, M)
+                uniform = (bits >> 8).bitwise_and_(0xFFFFFF).to(torch.float32).add_(0.5)
+                uniform.mul_(2.0 ** -24)
+                radius = uniform[0].log().mul_(-2.0).sqrt_()
+                angle = uniform[1].mul_(_TWO_PI)
+                normals = torch.stack((angle.cos().mul_(radius), angle.sin_().mul_(radius)))
+                # (2, e, b, P, L+1) -> (b P, 2L+2, e), the layout of the generic path
+                normals = normals.view(2, e1 - e0, b1 - b0, points, nodes).permute(2, 3, 4, 0, 1)
+                normals = normals.to(self._acc_dtype).reshape((b1 - b0) * points, 2 * nodes, e1 - e0)
+                out[b0:b1, :, :, e0:e1] = torch.matmul(block_coef, normals).view(
+                    b1 - b0, points, -1, e1 - e0)
         return out
 
     def _finish(self, values: torch.Tensor, index: torch.Tensor, levy_area: bool,

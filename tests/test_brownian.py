@@ -267,6 +267,48 @@ def test_per_sample_queries_equal_full_batch_queries():
         bm.increments_per_sample(ta[:3], tb[:3])
 
 
+def test_sample_offset_places_a_batch_inside_a_larger_tree():
+    """Sample b of a tree with sample_offset=k follows sample k + b of the offset-0 tree."""
+    ts = grid(1.0, 0.0, 13)  # reverse time, as the diffusion samplers query it
+    large = BrownianTree(0.0, 1.0, (7, 2, 3), seed=9)
+    head = BrownianTree(0.0, 1.0, (3, 2, 3), seed=9)
+    tail = BrownianTree(0.0, 1.0, (4, 2, 3), seed=9, sample_offset=3)
+    dW, H = large.increments(ts, levy_area=True)
+    dW_head, H_head = head.increments(ts, levy_area=True)
+    dW_tail, H_tail = tail.increments(ts, levy_area=True)
+    assert torch.equal(dW_head, dW[:, :3]) and torch.equal(H_head, H[:, :3])
+    assert torch.equal(dW_tail, dW[:, 3:]) and torch.equal(H_tail, H[:, 3:])
+    # per-sample queries: each sample over its own interval
+    generator = torch.Generator().manual_seed(1)
+    ta = torch.rand(7, generator=generator, dtype=F64)
+    tb = ta * torch.rand(7, generator=generator, dtype=F64)
+    dW, H = large.increments_per_sample(ta, tb)
+    dW_tail, H_tail = tail.increments_per_sample(ta[3:], tb[3:])
+    assert torch.equal(dW_tail, dW[3:]) and torch.equal(H_tail, H[3:])
+    one = BrownianTree(0.0, 1.0, (1, 2, 3), seed=9, sample_offset=5)
+    assert torch.equal(one.increments_per_sample(ta[5:6], tb[5:6])[0], dW[5:6])
+    assert torch.allclose(one(ta[5], tb[5]), dW[5], rtol=0, atol=1e-14)
+    assert not torch.allclose(dW_tail, dW[:4])  # an offset is not a copy of the first samples
+    with pytest.raises(ValueError, match="sample_offset"):
+        BrownianTree(0.0, 1.0, (2, 3), sample_offset=-1)
+    with pytest.raises(ValueError, match="2\\*\\*31"):
+        BrownianTree(0.0, 1.0, (2, 1 << 20), sample_offset=1 << 11)
+
+
+def test_per_sample_queries_at_many_sizes_equal_full_batch_queries():
+    """The blocked per-sample path: batches over several blocks, and samples of many elements."""
+    for shape in ((700, 2), (3, 40000)):
+        bm = BrownianTree(1.0, 0.0, shape, seed=3, sample_offset=2)
+        generator = torch.Generator().manual_seed(2)
+        ta = torch.rand(shape[0], generator=generator, dtype=F64)
+        tb = ta * torch.rand(shape[0], generator=generator, dtype=F64)
+        dW, H = bm.increments_per_sample(ta, tb)
+        for sample in (0, shape[0] // 2, shape[0] - 1):
+            full_dW, full_H = bm.increments(torch.stack((ta[sample], tb[sample])), levy_area=True)
+            assert torch.allclose(dW[sample], full_dW[0, sample], rtol=0, atol=1e-14)
+            assert torch.allclose(H[sample], full_H[0, sample], rtol=0, atol=1e-12)
+
+
 def test_tree_rejects_times_outside_the_interval():
     bm = BrownianTree(0.0, 1.0, (3,))
     with pytest.raises(ValueError, match=r"\[0.0, 1.0\]"):
