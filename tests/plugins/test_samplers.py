@@ -109,8 +109,9 @@ def test_torchdiffeq_backend_matches_core_dopri5():
 
 # -- stochastic samplers: distribution error falls with steps ----------------------------------
 
-# 64 dimensions: the Langevin corrector's snr rule (per-sample norms) and the adaptive sampler's
-# error norm concentrate, as on images; in a few dimensions both are biased (see their docs)
+# 64 dimensions: the Langevin corrector's snr rule (per-sample norms) concentrates, as on images;
+# in a few dimensions it is biased (see its docs), as is adaptive_sde with noise="fresh" (the test
+# of its default Brownian-path noise below is in 2 dimensions)
 GAUSSIAN_MEAN, GAUSSIAN_STD, DIMS = 1.0, 0.5, 64
 
 
@@ -159,6 +160,42 @@ def test_adaptive_sde_error_decreases_with_tolerance():
     loose = gaussian_error(sde, "adaptive_sde", None, rel_tol=0.5, abs_tol=0.5)
     default = gaussian_error(sde, "adaptive_sde", None)     # the paper's tolerances
     assert default < loose and default < 0.02, (loose, default)
+
+
+def test_adaptive_sde_on_a_brownian_path_has_the_exact_moments_in_two_dimensions():
+    """In 2-D the error norm does not concentrate: redrawing fresh noise after a rejection (the
+    paper's rule) keeps the draws that make small errors, too little noise; retrying on the same
+    Brownian path (the default) removes that bias. Mean and variance of 2-D Gaussian data at t_min
+    (coordinates pooled) against the exact marginal, in Monte Carlo standard errors."""
+    sde, n, dims = skd.VPSDE(), 1000, 2
+    data = skd.GaussianMixture.gaussian(torch.full((dims,), GAUSSIAN_MEAN), GAUSSIAN_STD)
+    t = torch.tensor(sde.t_min)
+    alpha, sigma = sde.alpha(t).item(), sde.sigma(t).item()
+    mean, var = alpha * GAUSSIAN_MEAN, alpha ** 2 * GAUSSIAN_STD ** 2 + sigma ** 2
+    mean_se, var_se = math.sqrt(var / (n * dims)), var * math.sqrt(2 / ((n - 1) * dims))
+
+    def z_scores(**options):
+        x = skd.sample(sde, data.score_fn(sde), (n, dims), solver="adaptive_sde", seed=2,
+                       **options).x
+        return (x.mean().item() - mean) / mean_se, (x.var(0).mean().item() - var) / var_se
+
+    z_mean, z_var = z_scores()  # noise="path", the paper's tolerances
+    assert abs(z_mean) < 4 and abs(z_var) < 4, (z_mean, z_var)
+    z_mean, z_var = z_scores(noise="fresh")  # measured z = 8.0 and 8.5: the bias the path removes
+    assert z_mean > 4 and z_var > 4, (z_mean, z_var)
+
+
+def test_adaptive_sde_noise_options():
+    sde = skd.VPSDE()
+    score = mixture().score_fn(sde)
+    large = skd.sample(sde, score, (5, 2), solver="adaptive_sde", seed=3, noise="fresh").x
+    tail = skd.sample(sde, score, (2, 2), solver="adaptive_sde", seed=3, noise="fresh",
+                      sample_offset=3).x
+    assert torch.allclose(tail, large[3:], atol=1e-12)
+    path = skd.sample(sde, score, (5, 2), solver="adaptive_sde", seed=3).x
+    assert not torch.allclose(path, large)
+    with pytest.raises(ValueError, match="noise"):
+        skd.sample(sde, score, (2, 2), solver="adaptive_sde", noise="brownian")
 
 
 def test_pc_langevin_on_subvp_uses_general_alpha():
