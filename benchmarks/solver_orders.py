@@ -4,7 +4,8 @@ Problems (sdekit.bench, exact pathwise solutions): ``gbm`` (diagonal noise), ``r
 (Rackauckas & Nie 2017 scalar noise) and ``rn_additive`` (their additive-noise system). Each solver
 runs at every step count on the same Brownian path per sample batch: sdekit solvers on a
 ``sdekit.BrownianTree``, torchsde's on its own ``torchsde.BrownianInterval`` (space-time Lévy area,
-which its ``srk`` needs), both seeded by ``--seed``. torchsde solves the same problem through
+which its ``srk`` needs), both seeded by ``--seed``; each solve gets a new interval object for the
+same path, so torchsde's timings do not profit from the query cache of earlier solves. torchsde solves the same problem through
 ``sdekit.interop.to_torchsde``.
 
 Reported per solver: fitted strong order (95% CI), wall time per step, and the time a solve would
@@ -38,6 +39,23 @@ PLAN = {
 TORCHSDE_ORDERS = {"euler": (0.5, 1.0), "milstein": (1.0, 1.0), "srk": (1.5, 1.5)}
 
 
+class FreshBrownianInterval:
+    """One torchsde Brownian path (fixed ``entropy``), handed to every solve as a new, empty
+    ``torchsde.BrownianInterval``: the same path each time, without the cache of earlier solves'
+    queries (sdekit's tree keeps no cache either), so both libraries are timed on a path's first
+    solve."""
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def fresh(self):
+        import torchsde
+        return torchsde.BrownianInterval(**self.kwargs)
+
+    def __call__(self, ta, tb):
+        return self.fresh()(ta, tb)
+
+
 class TorchsdeSolver:
     """A torchsde method as a sdekit.bench solver (see ``sdekit.bench.measure.SdekitSolver``)."""
 
@@ -54,12 +72,11 @@ class TorchsdeSolver:
             raise sdekit.SolverError(f"{self.name} does not handle noise_type={problem.problem.noise_type!r}")
 
     def brownian(self, problem, n, seed, dtype, device):
-        import torchsde
         shape = problem.noise_shape(n)
         size = (shape[0], 1) if len(shape) == 1 else (shape[0], math.prod(shape[1:]))
         levy = "space-time" if self.method == "srk" else "none"
-        return torchsde.BrownianInterval(t0=min(problem.t0, problem.t1), t1=max(problem.t0, problem.t1), size=size,
-                                         dtype=dtype, device=device, entropy=seed, levy_area_approximation=levy)
+        return FreshBrownianInterval(t0=min(problem.t0, problem.t1), t1=max(problem.t0, problem.t1), size=size,
+                                     dtype=dtype, device=device, entropy=seed, levy_area_approximation=levy)
 
     def solve(self, problem, x0, bm, *, steps=None, rtol=None, atol=None):
         import torchsde
@@ -73,7 +90,7 @@ class TorchsdeSolver:
 
         sde.f = counted
         ts = torch.tensor([problem.t0, problem.t1], dtype=x0.dtype, device=x0.device)
-        ys = torchsde.sdeint(sde, x0.reshape(x0.shape[0], -1), ts, bm=bm, method=self.method,
+        ys = torchsde.sdeint(sde, x0.reshape(x0.shape[0], -1), ts, bm=bm.fresh(), method=self.method,
                              dt=abs(problem.t1 - problem.t0) / steps)
         return Outcome(ys[-1].reshape(x0.shape), calls["f"], steps, 0)
 
