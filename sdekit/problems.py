@@ -84,13 +84,20 @@ def diffusion_shape(problem, x_shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(x_shape)
 
 
+def elementwise_increment(noise_type: str, dW: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``dW`` shaped to multiply ``g`` elementwise (not for general noise): a scalar-noise
+    ``(batch,)`` increment is broadcast over the state's dimensions; diagonal and additive
+    increments already have the state's shape."""
+    if noise_type == "scalar":
+        return dW.reshape(dW.shape[0], *([1] * (x.dim() - 1)))
+    return dW
+
+
 def apply_diffusion(noise_type: str, g: torch.Tensor, dW: torch.Tensor) -> torch.Tensor:
     """The noise term ``g dW`` for the given noise type (shapes as in the module docstring)."""
     if noise_type == "general":
         return torch.einsum("b...m,bm->b...", g, dW)
-    if noise_type == "scalar":
-        return g * dW.reshape(dW.shape[0], *([1] * (g.dim() - 1)))
-    return g * dW
+    return g * elementwise_increment(noise_type, dW, g)
 
 
 def check_output(name: str, problem, value, expected: tuple[int, ...]) -> None:

@@ -25,7 +25,9 @@ steps see the same Brownian path (no bias from rejections).
 """
 from __future__ import annotations
 
+from ..problems import elementwise_increment
 from .base import Solver
+from .milstein import finite_difference_term
 
 
 class AdaptiveEulerMaruyama(Solver):
@@ -39,9 +41,7 @@ class AdaptiveEulerMaruyama(Solver):
 
     def step(self, problem, t0, t1, x0, increment, state):
         h = increment.dt
-        dW = increment.dW
-        if problem.noise_type == "scalar":
-            dW = dW.reshape(dW.shape[0], *([1] * (x0.dim() - 1)))
+        dW = elementwise_increment(problem.noise_type, increment.dW, x0)
         f0 = problem.drift(t0, x0)
         g0 = problem.diffusion(t0, x0)
         noise = g0 * dW
@@ -49,7 +49,5 @@ class AdaptiveEulerMaruyama(Solver):
         f1 = problem.drift(t1, x_euler)
         correction = 0.5 * (f1 - f0) * h
         if problem.noise_type != "additive":
-            sqrt_h = h.sqrt()
-            g_support = problem.diffusion(t0, x0 + f0 * h + g0 * sqrt_h)
-            correction = correction + (g_support - g0) * (dW * dW - h) / (2 * sqrt_h)
+            correction = correction + finite_difference_term(problem, t0, x0, f0, g0, h, dW)
         return x_euler + correction, correction, None

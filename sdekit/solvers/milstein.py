@@ -28,7 +28,16 @@ from __future__ import annotations
 
 import torch.autograd.forward_ad as forward_ad
 
+from ..problems import elementwise_increment
 from .base import Solver
+
+
+def finite_difference_term(problem, t0, x0, f, g, h, dW):
+    r"""Kloeden & Platen's derivative-free Milstein term (eq. 11.1.5),
+    :math:`(g(t_0, x_0 + f h + g\sqrt h) - g)(\Delta W^2 - h)/(2\sqrt h)`, with ``dW`` elementwise."""
+    sqrt_h = h.sqrt()
+    g_bar = problem.diffusion(t0, x0 + f * h + g * sqrt_h)
+    return (g_bar - g) * (dW * dW - h) / (2 * sqrt_h)
 
 
 class Milstein(Solver):
@@ -54,9 +63,7 @@ class Milstein(Solver):
         h = increment.dt
         f = problem.drift(t0, x0)
         g = problem.diffusion(t0, x0)
-        dW = increment.dW
-        if problem.noise_type == "scalar":  # (batch,) -> broadcast over the state's dimensions
-            dW = dW.reshape(dW.shape[0], *([1] * (x0.dim() - 1)))
+        dW = elementwise_increment(problem.noise_type, increment.dW, x0)
         x1 = x0 + f * h + g * dW
         if problem.noise_type == "additive":
             return x1, None, None
@@ -66,9 +73,7 @@ class Milstein(Solver):
             if gg is None:  # the diffusion does not depend on x
                 return x1, None, None
             return x1 + 0.5 * gg * (dW * dW - h), None, None
-        sqrt_h = h.sqrt()
-        g_bar = problem.diffusion(t0, x0 + f * h + g * sqrt_h)
-        return x1 + (g_bar - g) * (dW * dW - h) / (2 * sqrt_h), None, None
+        return x1 + finite_difference_term(problem, t0, x0, f, g, h, dW), None, None
 
     def __repr__(self) -> str:
         return f"Milstein(derivative={self.derivative!r})"
