@@ -160,6 +160,10 @@ class Trainer:
             end), keeping the newest ``keep_checkpoints``, and from which it resumes.
         callback: ``callback(trainer)`` called every ``callback_every`` steps (e.g. :func:`sample_plot_callback`).
         seed: seeds the batch and noise generators (offset by the rank in distributed training).
+        sync_every: read the losses back to the host (and check them) every this many steps; default 1
+            on the CPU (a non-finite loss then stops before its step changes the weights) and 10 on
+            other devices (no host-device sync per step; a non-finite loss stops at the next read with
+            the weights possibly spoiled, never a checkpoint: losses are read before every save).
     """
 
     def __init__(self, net: nn.Module, sde, *, prediction: str = "eps", weighting: str = "sigma2",
@@ -167,7 +171,7 @@ class Trainer:
                  warmup: int = 100, grad_clip: float | None = 1.0, device: str | torch.device = "auto",
                  checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1000,
                  keep_checkpoints: int = 2, callback: Callable[["Trainer"], None] | None = None,
-                 callback_every: int = 1000, seed: int = 0, progress: bool = True):
+                 callback_every: int = 1000, seed: int = 0, progress: bool = True, sync_every: int | None = None):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if weighting not in WEIGHTINGS:
@@ -178,6 +182,9 @@ class Trainer:
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be an nn.Module called net(x, t), got {type(net).__name__}")
         self.device = resolve_device(device)
+        self.sync_every = sync_every if sync_every is not None else (1 if self.device.type == "cpu" else 10)
+        if not isinstance(self.sync_every, int) or self.sync_every < 1:
+            raise ValueError(f"sync_every must be a positive int, got {sync_every!r}")
         self.net, self.sde = net.to(self.device), sde
         self.prediction, self.weighting, self.importance_sampling = prediction, weighting, importance_sampling
         self.lr, self.ema_decay, self.warmup, self.grad_clip = lr, ema_decay, warmup, grad_clip
@@ -190,6 +197,7 @@ class Trainer:
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
         self.step = 0
         self.losses: list[float] = []
+        self._pending_losses: list[torch.Tensor] = []  # on the device, not yet read back
         self.rank, self.world_size = 0, 1
         self.sample_shape: tuple[int, ...] | None = None  # of the data last given to fit
         self._seed_generators()
@@ -256,13 +264,18 @@ class Trainer:
         try:
             while self.step < steps:
                 self._train_step(batches.draw(batch_size, self.batch_generator))
+                if self.step % self.sync_every == 0:
+                    self._read_losses()
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{self.losses[-1]:.4g}", refresh=False)
+                    if self.losses:
+                        bar.set_postfix(loss=f"{self.losses[-1]:.4g}", refresh=False)
                 if self.checkpoint_dir is not None and self.step % self.checkpoint_every == 0:
                     self.save_checkpoint()
                 if self.callback is not None and self.step % self.callback_every == 0 and self.is_writer:
+                    self._read_losses()
                     self.callback(self)
+            self._read_losses()
         finally:
             if bar is not None:
                 bar.close()
@@ -270,15 +283,27 @@ class Trainer:
             self.save_checkpoint()
         return self.losses
 
+    def _read_losses(self) -> None:
+        """Move the pending device losses to ``self.losses`` (one host sync); raise on a non-finite one."""
+        if not self._pending_losses:
+            return
+        values = torch.stack(self._pending_losses).tolist()
+        self._pending_losses.clear()
+        first_step = self.step - len(values) + 1 if self.sync_every > 1 else self.step + 1
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                newest = None if self.checkpoint_dir is None else latest_checkpoint(self.checkpoint_dir)
+                kept = f"; the last good checkpoint is {newest}" if newest else ""
+                raise sdekit.NonFiniteError(
+                    f"training loss is {value} at step {first_step + offset}{kept}. Lower lr, check the data "
+                    f"for outliers, or use weighting='sigma2'")
+            self.losses.append(value)
+
     def _train_step(self, x0: torch.Tensor) -> None:
         loss = self.loss(x0)
-        value = float(self._average_loss(loss.detach()))
-        if not math.isfinite(value):
-            newest = None if self.checkpoint_dir is None else latest_checkpoint(self.checkpoint_dir)
-            kept = f"; the last good checkpoint is {newest}" if newest else ""
-            raise sdekit.NonFiniteError(
-                f"training loss is {value} at step {self.step + 1}{kept}. Lower lr, check the data for "
-                f"outliers, or use weighting='sigma2'")
+        self._pending_losses.append(self._average_loss(loss.detach()))
+        if self.sync_every == 1:  # check before the step touches the weights
+            self._read_losses()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._synchronize_gradients()
@@ -287,7 +312,6 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        self.losses.append(value)
         self._update_ema()
 
     @torch.no_grad()
@@ -354,6 +378,7 @@ class Trainer:
         """Write ``checkpoint_dir/step_XXXXXXXX.pt`` (rank 0 only) and prune old ones."""
         if self.checkpoint_dir is None:
             raise ValueError("this trainer has no checkpoint_dir; use save(path)")
+        self._read_losses()  # a checkpoint only after its losses were checked
         path = self._checkpoint_path()
         if self.is_writer:
             self.save(path)
@@ -364,6 +389,7 @@ class Trainer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a checkpoint to ``path`` atomically."""
+        self._read_losses()
         atomic_save(self.state_dict(), path)
 
     @classmethod

@@ -241,6 +241,24 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in trainer.net.parameters())
 
 
+def test_losses_read_back_in_blocks_still_stop_at_a_nonfinite_loss(tmp_path):
+    """sync_every > 1 (the default off the CPU): no host sync per step; the bad step is still named
+    and no checkpoint holds spoiled weights."""
+    trainer = small_trainer(checkpoint_dir=tmp_path, checkpoint_every=5, sync_every=4)
+    good_loss = trainer.loss
+
+    def loss(x0):
+        return good_loss(x0) * (float("nan") if trainer.step >= 6 else 1.0)
+
+    trainer.loss = loss
+    with pytest.raises(sdekit.NonFiniteError, match=r"step 7.*step_00000005\.pt"):
+        trainer.fit(datasets.moons(256), steps=20, batch_size=32)
+    assert latest_checkpoint(tmp_path).name == "step_00000005.pt" and len(trainer.losses) == 6
+    clean = small_trainer(sync_every=3)
+    clean.fit(datasets.moons(256), steps=7, batch_size=32)
+    assert len(clean.losses) == 7 and all(math.isfinite(v) for v in clean.losses)
+
+
 def test_dataset_input_and_plot_callback(tmp_path):
     points = datasets.gaussians8(256)
     trainer = small_trainer(callback=sample_plot_callback(tmp_path, (2,), n=64, steps=10, reference=points),
