@@ -88,17 +88,6 @@ def _hash32_int(x: int) -> int:
     return x
 
 
-def _hash32_wide_(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 on an int64 tensor holding values in [0, 2**32) (no overflow: see below)."""
-    # |x * C| < 2**63 for x < 2**32 and |C| < 2**31; the second multiplier is used as C - 2**32.
-    x.bitwise_xor_(x >> 16)
-    x.mul_(_LOWBIAS_1).bitwise_and_(_MASK32)
-    x.bitwise_xor_(x >> 15)
-    x.mul_(_LOWBIAS_2 - (1 << 32)).bitwise_and_(_MASK32)
-    x.bitwise_xor_(x >> 16)
-    return x
-
-
 def _seed_words(seed: int) -> tuple[int, int, int]:
     """Three 32-bit words derived from an arbitrary Python int seed."""
     seed = int(seed)
@@ -110,7 +99,7 @@ def _seed_words(seed: int) -> tuple[int, int, int]:
 
 
 def _key_words_planar(seed: int, keys: torch.Tensor) -> torch.Tensor:
-    """:func:`_key_words` (the same values) in the layout ``(2, *keys.shape)``, for many keys."""
+    """The two key words of :func:`counter_normal` in the layout ``(2, *keys.shape)``."""
     s_a, s_b, s_c = (_as_int32_pattern(word) for word in _seed_words(seed))
     keys = keys.to(torch.int64)
     # int32 words: the hash is the same bijection of 32 bits as on int64 (see _hash32_), at half
@@ -131,13 +120,7 @@ def _as_int32_pattern(word: int) -> int:
 
 def _key_words(seed: int, keys: torch.Tensor) -> torch.Tensor:
     """Two 32-bit words per key, as int32 bit patterns of shape ``(*keys.shape, 2)``."""
-    s_a, s_b, s_c = _seed_words(seed)
-    keys = keys.to(torch.int64)
-    low = (keys & _MASK32)[..., None]
-    high = ((keys >> 32) & _MASK32)[..., None]
-    salts = torch.tensor([s_a, s_b], dtype=torch.int64, device=keys.device)
-    words = _hash32_wide_(_hash32_wide_(low ^ salts) ^ (high ^ salts.new_tensor([0, s_c])))
-    return (words - ((words >> 31) << 32)).to(torch.int32)  # [0, 2**32) -> int32 bit patterns
+    return _key_words_planar(seed, keys).movedim(0, -1)
 
 
 def _normals_from_words(words: torch.Tensor, elements: int | torch.Tensor,
