@@ -116,10 +116,3 @@ class Context:
 def schedule(sde: DiffusionSDE, ts: torch.Tensor):
     """``(alpha, sigma, lambda)`` on the grid ``ts`` (precomputed once, no host sync in loops)."""
     return sde._alpha(ts), sde._sigma(ts), sde._log_snr(ts)
-
-
-def check_options(name: str, options: dict, allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise TypeError(f"sampler {name!r} got unknown options {unknown}; it accepts "
-                        f"{list(allowed) if allowed else 'no options'}")

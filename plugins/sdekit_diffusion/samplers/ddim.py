@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import Context, check_options, schedule
+from ._common import Context, schedule
 
 
 def ddim(ctx: Context, x: torch.Tensor, ts: torch.Tensor, eta: float = 0.0) -> torch.Tensor:

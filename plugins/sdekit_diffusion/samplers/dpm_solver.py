@@ -68,11 +68,6 @@ from ._common import Context, schedule
 LOWER_ORDER_FINAL_BELOW = 15   # diffusers' DPMSolverMultistepScheduler (the authors' code: 10)
 
 
-def _eps(ctx: Context, t, x):
-    _, sigma = ctx.alpha_sigma(t, x)
-    return -sigma * ctx.score(t, x)
-
-
 def _singlestep(ctx: Context, x: torch.Tensor, ts: torch.Tensor, order: int) -> torch.Tensor:
     sde = ctx.sde
     alpha, sigma, lam = schedule(sde, ts)
@@ -84,22 +79,22 @@ def _singlestep(ctx: Context, x: torch.Tensor, ts: torch.Tensor, order: int) -> 
     mid_sigma = [sde._sigma(s) for s in mids]
     for i in range(len(ts) - 1):
         hi = h[i]
-        eps0 = _eps(ctx, ts[i], x)
+        eps0 = ctx.eps(ts[i], x)
         ratio = alpha[i + 1] / alpha[i]
         phi = torch.expm1(hi)
         if order == 2:
             r1 = r[0]
             u = mid_alpha[0][i] / alpha[i] * x - mid_sigma[0][i] * torch.expm1(r1 * hi) * eps0
-            d1 = _eps(ctx, mids[0][i], u) - eps0
+            d1 = ctx.eps(mids[0][i], u) - eps0
             x = ratio * x - sigma[i + 1] * phi * eps0 - sigma[i + 1] / (2 * r1) * phi * d1
         else:
             r1, r2 = r
             u1 = mid_alpha[0][i] / alpha[i] * x - mid_sigma[0][i] * torch.expm1(r1 * hi) * eps0
-            d1 = _eps(ctx, mids[0][i], u1) - eps0
+            d1 = ctx.eps(mids[0][i], u1) - eps0
             phi_r2 = torch.expm1(r2 * hi)
             u2 = (mid_alpha[1][i] / alpha[i] * x - mid_sigma[1][i] * phi_r2 * eps0
                   - mid_sigma[1][i] * r2 / r1 * (phi_r2 / (r2 * hi) - 1) * d1)
-            d2 = _eps(ctx, mids[1][i], u2) - eps0
+            d2 = ctx.eps(mids[1][i], u2) - eps0
             x = ratio * x - sigma[i + 1] * phi * eps0 - sigma[i + 1] / r2 * (phi / hi - 1) * d2
         ctx.report(i, x, ts[i + 1], None)
     return x
