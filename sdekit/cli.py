@@ -59,6 +59,10 @@ def _add_bench(subparsers) -> None:
                              "without it adaptive solvers take the fixed --steps")
     parser.add_argument("--atol", type=float, default=None,
                         help="absolute tolerance for adaptive solvers (default: equal to each rtol)")
+    parser.add_argument("--nfe", type=_list(int, "--nfe"), default=None,
+                        help="comma-separated evaluation budgets instead of --steps: each solver takes "
+                             "budget // (its evaluations per step) steps, e.g. --nfe 5,10,20,50 to compare "
+                             "diffusion samplers at equal work")
     parser.add_argument("--samples", type=int, default=256,
                         help="Monte Carlo samples for SDEs (ODEs with a fixed initial state use 1; default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=None,
@@ -80,23 +84,23 @@ def _run_bench(args) -> int:
     import torch
 
     from . import bench
-    from . import solvers as registry
 
     if args.list:
         print("problems:")
         for name in bench.problem_names():
             print(f"  {name:14s} {bench.get_problem(name).description}")
         print("solvers:")
-        for info in registry.available():
+        for name in bench.solver_names():
+            info = bench.solver_info(name)
             orders = (f"order {info['order']}" if info["kind"] == "ode"
                       else f"strong {info['strong_order']}, weak {info['weak_order']}")
-            print(f"  {info['name']:16s} {info['kind']}  {orders}{'  adaptive' if info['adaptive'] else ''}")
+            print(f"  {name:16s} {info['kind']}  {orders}{'  adaptive' if info['adaptive'] else ''}")
         return 0
     if args.problem not in bench.problem_names():
         raise UsageError(f"unknown problem {args.problem!r}; valid problems: {', '.join(bench.problem_names())}")
     problem = bench.get_problem(args.problem)
     names = args.solvers or list(problem.solvers)
-    known = [info["name"] for info in registry.available()]
+    known = bench.solver_names()
     unknown = [name for name in names if name not in known]
     if unknown:
         raise UsageError(f"unknown solver{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
@@ -105,9 +109,11 @@ def _run_bench(args) -> int:
         raise UsageError(f"--samples must be positive, got {args.samples}")
     if any(n < 1 for n in args.steps or []):
         raise UsageError(f"--steps must be positive, got {args.steps}")
+    if any(n < 1 for n in args.nfe or []):
+        raise UsageError(f"--nfe budgets must be positive, got {args.nfe}")
     try:
         result = bench.run(problem, names, steps=args.steps or list(problem.steps), rtols=args.rtol,
-                           atol=args.atol, samples=args.samples, batch_size=args.batch_size, seed=args.seed,
+                           atol=args.atol, nfe=args.nfe, samples=args.samples, batch_size=args.batch_size, seed=args.seed,
                            dtype=getattr(torch, args.dtype), repeats=args.repeats)
     except (ValueError, TypeError) as error:  # solver refuses the problem, bad tolerances, ...
         raise UsageError(str(error)) from None

@@ -190,6 +190,32 @@ def test_work_precision_plot(linear_result, tmp_path):
     assert [ax.get_xlabel() for ax in fig.axes] == ["NFE (drift evaluations per solve)", "wall time per solve (s)"]
 
 
+def test_nfe_budgets_give_each_solver_its_own_step_count():
+    result = bench.run("linear", ["euler", "rk4", "dopri5"], nfe=[16, 32, 64])
+    steps = {name: [row["steps"] for row in result.rows_of(name)] for name in ("euler", "rk4", "dopri5")}
+    assert steps == {"euler": [16, 32, 64], "rk4": [4, 8, 16], "dopri5": [2, 5, 10]}
+    assert all(row["nfe"] <= 64 + 1 for row in result.rows)  # + dopri5's first-same-as-last start
+
+
+def test_registered_bench_solvers_are_accepted_and_listed(monkeypatch):
+    monkeypatch.setattr(bench.measure, "_SOLVER_REGISTRY", dict(bench.measure._SOLVER_REGISTRY))
+
+    class Halved(bench.SdekitSolver):
+        """Heun registered under another name, as a plugin would bring its own method."""
+
+        def __init__(self):
+            super().__init__("heun")
+            self.name = "my_heun"
+            self.info = dict(self.info, name="my_heun")
+
+    bench.register_solver("my_heun", Halved)
+    assert "my_heun" in bench.solver_names() and bench.solver_info("my_heun")["evals_per_step"] == 2
+    result = bench.run("linear", ["my_heun"], steps=[16, 32, 64])
+    assert abs(result.fit("my_heun").order - 2.0) < TOLERANCE
+    with pytest.raises(TypeError, match="callable"):
+        bench.register_solver("broken", None)
+
+
 # --- diffusion problems from the plugin ----------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -209,6 +235,25 @@ def test_diffusion_problems_register(diffusion_bench):
 def test_probability_flow_orders_against_exact_flow_map(diffusion_bench, solver, theory):
     result = bench.run("vp_flow_gaussian", [solver], steps=[8, 16, 32, 64], samples=16)
     assert abs(result.fit(solver).order - theory) < TOLERANCE
+
+
+@pytest.mark.parametrize("sampler, theory, nfe", [
+    ("ddim", 1.0, [24, 48, 96, 192]), ("dpm_solver_2", 2.0, [24, 48, 96, 192]),
+    ("dpm_solver_3", 3.0, [48, 96, 192, 384]), ("dpm_solver++_2m", 2.0, [24, 48, 96, 192]),
+    ("edm_heun", 2.0, [24, 48, 96, 192])])
+def test_samplers_as_bench_solvers_at_nfe_budgets(diffusion_bench, sampler, theory, nfe):
+    result = bench.run("vp_flow_gaussian", [sampler], nfe=nfe, samples=16)
+    assert abs(result.fit(sampler).order - theory) < TOLERANCE
+    assert all(row["nfe"] <= budget for row, budget in zip(result.rows, nfe))
+
+
+def test_samplers_refuse_the_wrong_problems(diffusion_bench):
+    with pytest.raises(sdekit.SolverError, match="deterministic.*flow"):
+        bench.run("vp_reverse_mixture", ["ddim"], steps=[4])
+    with pytest.raises(sdekit.SolverError, match="stochastic.*reverse_mixture"):
+        bench.run("vp_flow_mixture", ["ancestral"], steps=[4])
+    with pytest.raises(sdekit.SolverError, match="diffusion problems"):
+        bench.run("gbm", ["ddim"], steps=[4])
 
 
 def test_reverse_mixture_moments_match_samples_of_the_marginal(diffusion_bench):

@@ -17,8 +17,8 @@ def test_help_explains_every_bench_option(capsys):
     assert "bench" in capsys.readouterr().out
     assert cli.main(["bench", "--help"]) == 0
     out = capsys.readouterr().out
-    for option in ("--problem", "--solvers", "--steps", "--rtol", "--atol", "--samples", "--seed", "--json",
-                   "--plot", "--work-plot", "--list"):
+    for option in ("--problem", "--solvers", "--steps", "--rtol", "--atol", "--nfe", "--samples", "--seed",
+                   "--json", "--plot", "--work-plot", "--list"):
         assert option in out
     assert "gbm" in out  # the problem names are listed
 
@@ -127,3 +127,19 @@ def test_plugin_bench_problems_reach_the_cli(monkeypatch, capsys, tmp_path):
     data = json.loads(out_json.read_text())
     assert data["meta"]["problem"] == "ve_flow_gaussian" and data["meta"]["samples"] == 4
     assert "ve_flow_gaussian" in capsys.readouterr().out
+
+
+def test_diffusion_samplers_at_nfe_budgets_from_the_cli(monkeypatch, capsys, tmp_path):
+    """The diffusion form: plugin samplers and NFE budgets."""
+    bench_problems = pytest.importorskip("sdekit_diffusion.bench_problems")
+    monkeypatch.setattr(cli, "entry_points",
+                        lambda group: [_EntryPoint("diffusion", lambda: lambda sub: bench_problems.register_bench_problems())])
+    out_json = tmp_path / "samplers.json"
+    assert cli.main(["bench", "--problem", "vp_flow_mixture", "--solvers", "ddim,dpm_solver++_2m,heun",
+                     "--nfe", "10,20", "--samples", "8", "--json", str(out_json)]) == 0
+    rows = json.loads(out_json.read_text())["rows"]
+    assert {(r["solver"], r["steps"]) for r in rows} == {("ddim", 10), ("ddim", 20), ("dpm_solver++_2m", 10),
+                                                          ("dpm_solver++_2m", 20), ("heun", 5), ("heun", 10)}
+    capsys.readouterr()
+    assert cli.main(["bench", "--problem", "vp_reverse_mixture", "--solvers", "ddim", "--nfe", "10"]) == 2
+    assert "deterministic" in capsys.readouterr().err

@@ -15,15 +15,20 @@ Problems, ``{schedule}_{kind}``:
   ``rtol = atol = 1e-10`` from the same initial states.
 - ``*_reverse_mixture``: reverse-time SDE, two-component mixture; weak errors against the exact first
   and second moments of :math:`p_{t_{min}} = \sum_k w_k \mathcal N(\alpha\mu_k, (\alpha^2 s_k^2 + \sigma^2) I)`.
+
+The plugin's samplers are bench solvers too (:class:`SamplerSolver`): the deterministic ones on the
+``*_flow_*`` problems, the stochastic ones on ``*_reverse_mixture``, e.g.
+``sdekit bench --problem vp_flow_mixture --solvers ddim,dpm_solver++_2m,edm_heun --nfe 10,20,40,80``.
 """
 from __future__ import annotations
 
 import torch
 
 import sdekit
-from sdekit.bench import BenchProblem, register_problem
+from sdekit.bench import BenchProblem, Outcome, register_problem, register_solver
 
 from .problems import GaussianMixture
+from .sampling import sample
 from .sde import DiffusionSDE, SubVPSDE, VESDE, VPSDE
 
 REFERENCE_TOLERANCE = 1e-10  # dopri5 rtol = atol for the mixture flow references
@@ -113,6 +118,45 @@ class ReverseMixture(DiffusionBenchProblem):
         return {"x": mean, "x^2": second}
 
 
+# sampler: (kind, order, evals per step). Deterministic samplers integrate the probability-flow ODE
+# (orders asserted in tests/plugins/test_samplers.py); stochastic ones have weak order 1.
+SAMPLER_ORDERS = {
+    "ddim": ("ode", 1, 1), "dpm_solver_2": ("ode", 2, 2), "dpm_solver_3": ("ode", 3, 3),
+    "dpm_solver++_2m": ("ode", 2, 1), "dpm_solver++_3m": ("ode", 3, 1), "edm_heun": ("ode", 2, 2),
+    "reverse_diffusion": ("sde", 1, 1), "ancestral": ("sde", 1, 1), "pc": ("sde", 1, 2),
+}
+
+
+class SamplerSolver:
+    """A sampler of :func:`sdekit_diffusion.sample` as a :mod:`sdekit.bench` solver: the problem's
+    exact score, ``x_T`` = the problem's initial states, the time grid uniform in log-SNR (DPM-Solver's
+    recommendation; on a uniform-in-t grid the multistep methods reach their order only late)."""
+
+    def __init__(self, name: str):
+        kind, order, evals = SAMPLER_ORDERS[name]
+        self.name = name
+        self.info = {"name": name, "kind": kind, "order": order if kind == "ode" else None,
+                     "strong_order": None, "weak_order": 1.0 if kind == "sde" else None,
+                     "noise_types": [], "adaptive": False, "evals_per_step": evals}
+
+    def check(self, problem) -> None:
+        if not isinstance(problem, DiffusionBenchProblem):
+            raise sdekit.SolverError(f"sampler {self.name!r} runs on the diffusion problems "
+                                     f"({', '.join(bench_problem_names())}), not on {problem.name!r}")
+        wanted = "reverse_mixture" if self.info["kind"] == "sde" else "flow_gaussian or *_flow_mixture"
+        if problem.is_sde != (self.info["kind"] == "sde"):
+            raise sdekit.SolverError(f"sampler {self.name!r} is {'stochastic' if problem.is_sde is False else 'deterministic'}"
+                                     f": use it on a *_{wanted} problem, not on {problem.name!r}")
+
+    def brownian(self, problem, n, seed, dtype, device):
+        return None  # samplers draw per-sample noise from their seed
+
+    def solve(self, problem, x0, bm, *, steps=None, rtol=None, atol=None) -> Outcome:
+        solution = sample(problem.sde, problem.score_fn, x_T=x0, solver=self.name, steps=steps,
+                          time_grid="logsnr", t_min=problem.t1, seed=0)
+        return Outcome(solution.x, solution.nfe, solution.n_steps, solution.n_rejected)
+
+
 def _factory(cls, schedule):
     return lambda: cls(schedule)
 
@@ -123,8 +167,10 @@ def bench_problem_names() -> list[str]:
 
 
 def register_bench_problems() -> None:
-    """Register every problem of this module with :func:`sdekit.bench.register_problem`
-    (idempotent)."""
+    """Register every problem of this module with :func:`sdekit.bench.register_problem` and the
+    samplers of :data:`SAMPLER_ORDERS` with :func:`sdekit.bench.register_solver` (idempotent)."""
+    for name in SAMPLER_ORDERS:
+        register_solver(name, lambda name=name: SamplerSolver(name))
     for schedule in SCHEDULES:
         register_problem(f"{schedule}_flow_gaussian", _factory(FlowGaussian, schedule))
         register_problem(f"{schedule}_flow_mixture", _factory(FlowMixture, schedule))

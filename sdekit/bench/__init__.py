@@ -11,12 +11,12 @@ Modules: :mod:`~sdekit.bench.problems` (standard problems and the registry plugi
 :mod:`~sdekit.bench.measure` (running), :mod:`~sdekit.bench.result` (table, fits, JSON),
 :mod:`~sdekit.bench.plots`.
 """
-from .measure import Outcome, SdekitSolver, run
+from .measure import Outcome, SdekitSolver, register_solver, run, solver_info, solver_names
 from .problems import (WEAK_FUNCTIONS, BenchProblem, brownian_increment, get_problem, problem_names,
                        register_problem)
 from .result import BenchResult, Fit, fit_order
 from .plots import plot_convergence, plot_work_precision
 
 __all__ = ["run", "BenchResult", "Fit", "fit_order", "BenchProblem", "problem_names", "get_problem",
-           "register_problem", "brownian_increment", "WEAK_FUNCTIONS", "SdekitSolver", "Outcome",
+           "register_problem", "register_solver", "solver_names", "solver_info", "brownian_increment", "WEAK_FUNCTIONS", "SdekitSolver", "Outcome",
            "plot_convergence", "plot_work_precision"]

@@ -21,7 +21,7 @@ import math
 import platform
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -67,13 +67,43 @@ class SdekitSolver:
         return Outcome(solution.x, solution.nfe, solution.n_steps, solution.n_rejected)
 
 
+_SOLVER_REGISTRY: dict[str, Callable[[], object]] = {}
+
+
+def register_solver(name: str, factory: Callable[[], object]) -> None:
+    """Make ``name`` a bench solver: ``factory()`` returns an adapter with the members of
+    :class:`SdekitSolver` (how plugins bring their own methods, e.g. the diffusion samplers).
+    Registering a name again replaces it."""
+    if not name or not isinstance(name, str):
+        raise ValueError(f"a solver name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"factory for solver {name!r} must be callable, got {type(factory).__name__}")
+    _SOLVER_REGISTRY[name] = factory
+
+
+def solver_names() -> list[str]:
+    """Every name the bench accepts: sdekit's registered solvers and those plugins registered."""
+    return sorted({info["name"] for info in _solvers.available()} | set(_SOLVER_REGISTRY))
+
+
+def solver_info(name: str) -> dict:
+    """Declared capabilities of a bench solver (``kind``, orders, ``adaptive``, ``evals_per_step``)."""
+    return _as_solver(name).info
+
+
 def _as_solver(solver) -> SdekitSolver:
+    if isinstance(solver, str) and solver in _SOLVER_REGISTRY:
+        return _SOLVER_REGISTRY[solver]()
     if isinstance(solver, str) or isinstance(solver, _solvers.Solver):
         return SdekitSolver(solver)
     return solver
 
 
-def _resolutions(spec, steps, rtols, atol) -> list[dict]:
+def _resolutions(spec, steps, rtols, atol, nfe=None) -> list[dict]:
+    if nfe and not (spec.info.get("adaptive") and rtols):
+        per_step = max(1, int(spec.info.get("evals_per_step") or 1))
+        counts = sorted({max(1, int(budget) // per_step) for budget in nfe})
+        return [{"steps": n} for n in counts]
     if spec.info.get("adaptive") and rtols:
         atols = list(atol) if isinstance(atol, (list, tuple)) else [atol] * len(rtols)
         if len(atols) != len(rtols):
@@ -111,8 +141,9 @@ def _weak_error(terms: dict[str, torch.Tensor], moments, pathwise: bool) -> tupl
 
 
 def run(problem: str | BenchProblem, solvers: Sequence, *, steps: Sequence[int] | None = None,
-        rtols: Sequence[float] | None = None, atol=None, samples: int = 256, batch_size: int | None = None,
-        seed: int = 0, dtype: torch.dtype = torch.float64, device="cpu", repeats: int = 1) -> BenchResult:
+        rtols: Sequence[float] | None = None, atol=None, nfe: Sequence[int] | None = None,
+        samples: int = 256, batch_size: int | None = None, seed: int = 0,
+        dtype: torch.dtype = torch.float64, device="cpu", repeats: int = 1) -> BenchResult:
     """Benchmark ``solvers`` on ``problem``.
 
     Args:
@@ -121,6 +152,8 @@ def run(problem: str | BenchProblem, solvers: Sequence, *, steps: Sequence[int] 
         steps: fixed step counts (for every non-adaptive solver, and adaptive ones without ``rtols``).
         rtols: tolerances for adaptive solvers; ``atol``: one value, one per rtol, or ``None``
             (``atol = rtol``).
+        nfe: evaluation budgets instead of ``steps``: each solver takes ``budget // evals_per_step``
+            steps (its declared evaluations per step), so solvers are compared at equal work.
         samples: Monte Carlo samples (SDEs, or ODEs with random initial states), split into batches
             of ``batch_size`` (default: all in one), one Brownian path per batch.
         seed: batch ``b`` uses Brownian seed ``seed + b`` and initial-state generator seed ``seed + b``.
@@ -146,7 +179,7 @@ def run(problem: str | BenchProblem, solvers: Sequence, *, steps: Sequence[int] 
     span = abs(bench_problem.t1 - bench_problem.t0)
     rows = []
     for spec in specs:
-        resolutions = _resolutions(spec, steps, rtols, atol)
+        resolutions = _resolutions(spec, steps, rtols, atol, nfe)
         per_resolution = [{"strong": [], "weak": {}, "nfe": 0, "n_steps": 0, "n_rejected": 0, "seconds": 0.0}
                           for _ in resolutions]
         for b, n in enumerate(batches):

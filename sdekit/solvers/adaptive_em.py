@@ -38,6 +38,7 @@ class AdaptiveEulerMaruyama(Solver):
     suggest = {"general": "euler_maruyama"}
     adaptive = True
     error_order = 0.5
+    evals_per_step = 2
 
     def step(self, problem, t0, t1, x0, increment, state):
         h = increment.dt

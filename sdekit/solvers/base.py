@@ -49,6 +49,7 @@ class Solver:
     error_order: float | None = None      # order of the embedded error estimate (controller exponent)
     needs_levy_area: bool = False
     needs_score: bool = False
+    evals_per_step: int = 1               # drift evaluations per accepted step (NFE budgets)
     suggest: dict[str, str] = {}          # noise type -> a solver that handles it
 
     def check(self, problem) -> None:
@@ -85,7 +86,7 @@ class Solver:
         return {"name": self.name, "kind": self.kind, "order": self.order,
                 "strong_order": self.strong_order, "weak_order": self.weak_order,
                 "noise_types": list(self.noise_types) if self.kind == "sde" else [],
-                "adaptive": self.adaptive}
+                "adaptive": self.adaptive, "evals_per_step": self.evals_per_step}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

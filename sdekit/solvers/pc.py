@@ -63,6 +63,7 @@ class PredictorCorrector(Solver):
         self.generator, self.per_sample = generator, per_sample
         self.strong_order = None
         self.weak_order = self.predictor.weak_order
+        self.evals_per_step = self.predictor.evals_per_step  # drift calls (the corrector calls score)
         self.noise_types = self.predictor.noise_types
         self.suggest = self.predictor.suggest
         self.needs_levy_area = self.predictor.needs_levy_area

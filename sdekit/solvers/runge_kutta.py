@@ -36,6 +36,11 @@ class ExplicitRungeKutta(Solver):
     kind = "ode"
     tableau: ButcherTableau
 
+    @property
+    def evals_per_step(self) -> int:
+        """Stages per step; a first-same-as-last method reuses its last stage."""
+        return len(self.tableau.c) - (1 if self.tableau.fsal else 0)
+
     def init(self, problem, t0, x0):
         return problem.drift(t0, x0) if self.tableau.fsal else None
 

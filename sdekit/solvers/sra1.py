@@ -32,6 +32,7 @@ class SRA1(Solver):
     noise_types = ("additive",)
     suggest = {"diagonal": "milstein", "scalar": "milstein", "general": "euler_maruyama"}
     needs_levy_area = True
+    evals_per_step = 2
 
     def step(self, problem, t0, t1, x0, increment, state):
         h, dW, H = increment.dt, increment.dW, increment.H
