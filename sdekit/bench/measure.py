@@ -27,7 +27,7 @@ import torch
 
 from .. import solvers as _solvers
 from ..solve import solve
-from .problems import WEAK_FUNCTIONS, BenchProblem, get_problem
+from .problems import WEAK_FUNCTIONS, BenchProblem, check_registration, get_problem
 from .result import BenchResult
 
 
@@ -74,10 +74,7 @@ def register_solver(name: str, factory: Callable[[], object]) -> None:
     """Make ``name`` a bench solver: ``factory()`` returns an adapter with the members of
     :class:`SdekitSolver` (how plugins bring their own methods, e.g. the diffusion samplers).
     Registering a name again replaces it."""
-    if not name or not isinstance(name, str):
-        raise ValueError(f"a solver name must be a non-empty string, got {name!r}")
-    if not callable(factory):
-        raise TypeError(f"factory for solver {name!r} must be callable, got {type(factory).__name__}")
+    check_registration("solver", name, factory)
     _SOLVER_REGISTRY[name] = factory
 
 

@@ -323,13 +323,18 @@ class VanDerPol(BenchProblem):
 _REGISTRY: dict[str, Callable[[], BenchProblem]] = {}
 
 
+def check_registration(kind: str, name: str, factory) -> None:
+    """Refuse a registry entry (``kind``: "problem" or "solver") without a name or a callable factory."""
+    if not name or not isinstance(name, str):
+        raise ValueError(f"a {kind} name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"factory for {kind} {name!r} must be callable, got {type(factory).__name__}")
+
+
 def register_problem(name: str, factory: Callable[[], BenchProblem]) -> None:
     """Register ``factory`` (called with no arguments, returning a :class:`BenchProblem`) as ``name``.
     Registering a name again replaces it (plugins may be loaded twice)."""
-    if not name or not isinstance(name, str):
-        raise ValueError(f"a problem name must be a non-empty string, got {name!r}")
-    if not callable(factory):
-        raise TypeError(f"factory for problem {name!r} must be callable, got {type(factory).__name__}")
+    check_registration("problem", name, factory)
     _REGISTRY[name] = factory
 
 
