@@ -68,7 +68,7 @@ def main(argv=None) -> int:
                          "error": strong_error(x, reference)})
             print(f"{rows[-1]['sampler']:34s} {steps:7d} {rows[-1]['error']:13.3e}")
     for rel_tol in [float(r) for r in args.rel_tols.split(",")]:
-        sol = skd.sample(sde, score, x_T=x_T, solver="adaptive_sde", seed=args.seed, rel_tol=rel_tol)
+        sol = skd.sample(sde, score, x_T=x_T, solver="adaptive_sde", seed=args.seed, rtol=rel_tol)
         rows.append({"sampler": f"adaptive_sde rel_tol={rel_tol}", "nfe": sol.nfe, "error": strong_error(sol.x, reference)})
         print(f"{rows[-1]['sampler']:34s} {sol.nfe:7d} {rows[-1]['error']:13.3e}")
 

@@ -56,7 +56,7 @@ import torch
 
 import sdekit
 import sdekit_diffusion as skd
-from sdekit_diffusion.samplers import PLUGIN_SAMPLERS, available, core_names
+from sdekit_diffusion import samplers
 
 REFERENCE_TOLERANCE = 1e-10   # dopri5 rtol = atol of the reference probability-flow solves
 TRAIN_TIMESTEPS = 1000        # diffusers' discrete schedule (DDPM's N = 1000)
@@ -86,17 +86,10 @@ class Counted:
 
 
 def deterministic_samplers() -> list[str]:
-    """The deterministic names ``skd.sample`` reports: plugin samplers with ``stochastic=False``
-    and the core's fixed-step ODE solvers (run on the probability-flow ODE)."""
-    core = core_names()
-    names = []
-    for name in available():
-        if name in PLUGIN_SAMPLERS:
-            if not PLUGIN_SAMPLERS[name][2]:
-                names.append(name)
-        elif name in core and core[name]["kind"] == "ode" and not core[name]["adaptive"]:
-            names.append(name)
-    return names
+    """The fixed-grid samplers that draw no noise with their default options (the registry's
+    records): plugin samplers and the core's ODE solvers (run on the probability-flow ODE)."""
+    return [record.name for record in samplers.records()
+            if not record.stochastic({}) and not record.adaptive]
 
 
 def fit_budget(run, budget: int, min_steps: int = 1):
@@ -138,7 +131,7 @@ def l2_error(x: torch.Tensor, reference: torch.Tensor) -> float:
 # sdekit
 
 def run_sdekit(sde, score_fn, x_T, name: str, grid: str, budget: int):
-    minimum = PLUGIN_SAMPLERS[name][1] if name in PLUGIN_SAMPLERS else 1
+    minimum = samplers.get(name).min_steps
 
     def run(steps):
         counted = Counted(score_fn)
@@ -332,7 +325,7 @@ def adaptive_vs_em(sde, mixture, score_fn, n: int, em_steps, tolerances, seed: i
                 "sliced_w": sliced_wasserstein(solution.x, exact)}
 
     em = [dict(steps=steps, **measure("euler_maruyama", steps=steps)) for steps in em_steps]
-    adaptive = [dict(rel_tol=tol, **measure("adaptive_sde", rel_tol=tol)) for tol in tolerances]
+    adaptive = [dict(rel_tol=tol, **measure("adaptive_sde", rtol=tol)) for tol in tolerances]
     # the EM NFE reaching each adaptive error: log-log interpolation of EM's error vs NFE
     em_sorted = sorted(em, key=lambda r: r["nfe"])
     for row in adaptive:
@@ -498,7 +491,7 @@ def _run(args) -> dict:
 
     adaptive = None
     if not args.no_adaptive:
-        if "adaptive_sde" in available():
+        if "adaptive_sde" in samplers.available():
             adaptive = adaptive_vs_em(sde, mixture, score_fn, args.adaptive_samples,
                                       [int(s) for s in args.em_steps.split(",")],
                                       [float(t) for t in args.rel_tols.split(",")], args.seed)

@@ -262,7 +262,7 @@ def test_reverse_mixture_moments_match_samples_of_the_marginal(diffusion_bench):
     n = 200_000
     x_data = problem.data.sample(n, generator=generator)
     t = torch.tensor(problem.t1, dtype=torch.float64)
-    x = problem.sde._alpha(t) * x_data + problem.sde._sigma(t) * torch.randn(x_data.shape, generator=generator,
+    x = problem.sde.schedule.alpha(t) * x_data + problem.sde.schedule.sigma(t) * torch.randn(x_data.shape, generator=generator,
                                                                               dtype=torch.float64)
     moments = problem.exact_moments(problem.t1)
     for name, f in bench.WEAK_FUNCTIONS.items():

@@ -2,24 +2,27 @@
 
 ``import sdekit_diffusion as skd``: forward SDEs from marginals (:class:`DiffusionSDE`, presets
 :class:`VPSDE`, :class:`SubVPSDE`, :class:`VESDE`, :class:`CosineVPSDE`), their reverse SDEs and
-probability-flow ODEs, score parameterizations (:func:`as_score`, :func:`transform_score`), exact
-test problems (:mod:`sdekit_diffusion.problems`), samplers (:func:`sample`), likelihoods
-(:func:`log_likelihood`), networks (:mod:`sdekit_diffusion.nets`) and training (:func:`dsm_loss`,
-:class:`Trainer`).
+probability-flow ODEs, score parameterizations (:func:`as_score`, :func:`guided`,
+:func:`transform_score`), pretrained models (:func:`adapters.from_diffusers`), exact test problems
+(:mod:`sdekit_diffusion.problems`), samplers (:func:`sample`), likelihoods (:func:`log_likelihood`),
+networks (:mod:`sdekit_diffusion.nets`) and training (:func:`dsm_loss`, :class:`Trainer`).
 """
-from . import data, nets, problems
+from . import adapters, data, nets, problems, schedules
 from .likelihood import bits_per_dim, log_likelihood
 from .losses import ddpm_loss, dsm_loss, smld_loss
 from .problems import GaussianMixture
 from .sampling import sample
-from .score import PREDICTIONS, as_score, prediction_to_score, score_to_prediction, transform_score
+from .score import (PREDICTIONS, as_score, guided, prediction_to_score, score_to_prediction,
+                    transform_score)
 from .sde import (CosineVPSDE, DiffusionSDE, LinearSDESchedule, ProbabilityFlowODE, ReverseSDE,
                   SubVPSDE, VESDE, VPSDE)
-from .time_grids import GRIDS, time_grid
+from .schedules import DiscreteSchedule, Schedule
+from .time_grids import GRIDS, SPACINGS, time_grid
 from .training import Trainer
 
 __all__ = ["DiffusionSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "ReverseSDE",
-           "ProbabilityFlowODE", "LinearSDESchedule", "as_score", "transform_score",
+           "ProbabilityFlowODE", "LinearSDESchedule", "Schedule", "DiscreteSchedule", "schedules", "as_score", "guided",
+           "transform_score", "adapters",
            "prediction_to_score", "score_to_prediction", "PREDICTIONS", "problems",
-           "GaussianMixture", "sample", "time_grid", "GRIDS", "log_likelihood", "bits_per_dim",
+           "GaussianMixture", "sample", "time_grid", "GRIDS", "SPACINGS", "log_likelihood", "bits_per_dim",
            "dsm_loss", "ddpm_loss", "smld_loss", "Trainer", "nets", "data"]

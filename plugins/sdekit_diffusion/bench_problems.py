@@ -27,6 +27,7 @@ import torch
 import sdekit
 from sdekit.bench import BenchProblem, Outcome, register_problem, register_solver
 
+from . import samplers
 from .problems import GaussianMixture
 from .sampling import sample
 from .sde import DiffusionSDE, SubVPSDE, VESDE, VPSDE
@@ -76,7 +77,7 @@ class DiffusionBenchProblem(BenchProblem):
         x_data = self.data.sample(n, generator=generator).to(dtype)
         noise = torch.randn(x_data.shape, generator=generator, dtype=dtype)
         t = torch.tensor(self.t0, dtype=dtype)
-        alpha, sigma = self.sde._alpha(t), self.sde._sigma(t)
+        alpha, sigma = self.sde.schedule.alpha(t), self.sde.schedule.sigma(t)
         return (alpha * x_data + sigma * noise).to(device)
 
 
@@ -110,7 +111,7 @@ class ReverseMixture(DiffusionBenchProblem):
 
     def exact_moments(self, t1):
         t = torch.tensor(t1, dtype=torch.float64)
-        alpha, sigma = self.sde._alpha(t), self.sde._sigma(t)
+        alpha, sigma = self.sde.schedule.alpha(t), self.sde.schedule.sigma(t)
         weights, means, stds = self.data.weights, self.data.means, self.data.stds
         w = weights.reshape(-1, 1)
         mean = (w * alpha * means).sum(0)
@@ -118,26 +119,21 @@ class ReverseMixture(DiffusionBenchProblem):
         return {"x": mean, "x^2": second}
 
 
-# sampler: (kind, order, evals per step). Deterministic samplers integrate the probability-flow ODE
-# (orders asserted in tests/plugins/test_samplers.py); stochastic ones have weak order 1.
-SAMPLER_ORDERS = {
-    "ddim": ("ode", 1, 1), "dpm_solver_2": ("ode", 2, 2), "dpm_solver_3": ("ode", 3, 3),
-    "dpm_solver++_2m": ("ode", 2, 1), "dpm_solver++_3m": ("ode", 3, 1), "edm_heun": ("ode", 2, 2),
-    "reverse_diffusion": ("sde", 1, 1), "ancestral": ("sde", 1, 1), "pc": ("sde", 1, 2),
-}
-
-
 class SamplerSolver:
-    """A sampler of :func:`sdekit_diffusion.sample` as a :mod:`sdekit.bench` solver: the problem's
-    exact score, ``x_T`` = the problem's initial states, the time grid uniform in log-SNR (DPM-Solver's
-    recommendation; on a uniform-in-t grid the multistep methods reach their order only late)."""
+    """A sampler of :func:`sdekit_diffusion.sample` as a :mod:`sdekit.bench` solver, described by its
+    registry record: the problem's exact score, ``x_T`` = the problem's initial states, the time grid
+    uniform in log-SNR (DPM-Solver's recommendation; on a uniform-in-t grid the multistep methods
+    reach their order only late). Deterministic samplers run on the ``*_flow_*`` problems, stochastic
+    ones on ``*_reverse_mixture``; adaptive ones take ``rtol``/``atol``."""
 
     def __init__(self, name: str):
-        kind, order, evals = SAMPLER_ORDERS[name]
+        record = samplers.get(name)
         self.name = name
-        self.info = {"name": name, "kind": kind, "order": order if kind == "ode" else None,
-                     "strong_order": None, "weak_order": 1.0 if kind == "sde" else None,
-                     "noise_types": [], "adaptive": False, "evals_per_step": evals}
+        stochastic = record.stochastic({})
+        self.info = {"name": name, "kind": "sde" if stochastic else "ode",
+                     "order": None if stochastic else record.order, "strong_order": None,
+                     "weak_order": record.order if stochastic else None, "noise_types": [],
+                     "adaptive": record.adaptive, "evals_per_step": record.calls_per_step({})}
 
     def check(self, problem) -> None:
         if not isinstance(problem, DiffusionBenchProblem):
@@ -152,9 +148,17 @@ class SamplerSolver:
         return None  # samplers draw per-sample noise from their seed
 
     def solve(self, problem, x0, bm, *, steps=None, rtol=None, atol=None) -> Outcome:
+        tolerances = {} if rtol is None else {"rtol": rtol, "atol": rtol if atol is None else atol}
         solution = sample(problem.sde, problem.score_fn, x_T=x0, solver=self.name, steps=steps,
-                          time_grid="logsnr", t_min=problem.t1, seed=0)
+                          time_grid="logsnr", t_min=problem.t1, seed=0, **tolerances)
         return Outcome(solution.x, solution.nfe, solution.n_steps, solution.n_rejected)
+
+
+def bench_sampler_names() -> list[str]:
+    """The samplers registered as bench solvers: every plugin sampler and the core's ``pc`` under its
+    sampler name ``core_pc`` (the other core solvers are bench solvers already, under their names)."""
+    return [record.name for record in samplers.records()
+            if not record.core or record.name in samplers.registry.CORE_ALIASES.values()]
 
 
 def _factory(cls, schedule):
@@ -168,8 +172,8 @@ def bench_problem_names() -> list[str]:
 
 def register_bench_problems() -> None:
     """Register every problem of this module with :func:`sdekit.bench.register_problem` and the
-    samplers of :data:`SAMPLER_ORDERS` with :func:`sdekit.bench.register_solver` (idempotent)."""
-    for name in SAMPLER_ORDERS:
+    samplers of :func:`bench_sampler_names` with :func:`sdekit.bench.register_solver` (idempotent)."""
+    for name in bench_sampler_names():
         register_solver(name, lambda name=name: SamplerSolver(name))
     for schedule in SCHEDULES:
         register_problem(f"{schedule}_flow_gaussian", _factory(FlowGaussian, schedule))

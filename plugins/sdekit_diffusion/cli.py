@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 SDES = ("vp", "subvp", "ve", "cosine")
+DEFAULT_SAMPLE_STEPS = 500
 COMMANDS = ("train", "sample")
 
 
@@ -76,6 +77,22 @@ def _train(args) -> int:
 def _sample(args) -> int:
     from .sampling import sample
     from .training import Trainer, latest_checkpoint, plot_samples
+    from .samplers import registry
+    try:
+        record = registry.get(args.solver)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    options = {"seed": args.seed}
+    if record.adaptive:
+        if args.steps is not None:
+            raise CommandError(f"--solver {args.solver} is adaptive: give --rtol/--atol instead of --steps")
+        options.update({k: v for k, v in (("rtol", args.rtol), ("atol", args.atol)) if v is not None})
+    else:
+        if args.rtol is not None or args.atol is not None:
+            adaptive = ", ".join(r.name for r in registry.records() if r.adaptive)
+            raise CommandError(f"--rtol/--atol need an adaptive sampler ({adaptive}); "
+                               f"{args.solver} takes --steps")
+        options["steps"] = DEFAULT_SAMPLE_STEPS if args.steps is None else args.steps
     path = Path(args.checkpoint)
     if path.is_dir():
         found = path / "model.pt" if (path / "model.pt").is_file() else latest_checkpoint(path)
@@ -89,9 +106,6 @@ def _sample(args) -> int:
     shape = tuple(args.shape) if args.shape else trainer.sample_shape
     if shape is None:
         raise CommandError(f"{path} does not record the sample shape; give --shape, e.g. --shape 1,28,28")
-    options = {"seed": args.seed}
-    if args.solver not in ("adaptive_sde",):
-        options["steps"] = args.steps
     try:
         solution = sample(trainer.sde, trainer.score_fn(ema=not args.no_ema), (args.n, *shape), solver=args.solver,
                           time_grid=args.time_grid, denoise=args.denoise, progress=not args.quiet,
@@ -129,6 +143,8 @@ def _int_list(text: str) -> list[int]:
 def register(subparsers) -> None:
     """Add ``train`` and ``sample`` to an argparse ``subparsers`` object (the ``sdekit`` console script's)."""
     from .data import TOY_SETS
+    from .samplers import available
+    from .time_grids import GRIDS
     train = subparsers.add_parser(
         "train", help="train a score network by denoising score matching",
         description="Train an MLP (vector data) or a U-Net (images) on a diffusion SDE. Checkpoints go to "
@@ -177,12 +193,13 @@ def register(subparsers) -> None:
         epilog="example: sdekit sample --checkpoint runs/moons --solver dpm_solver++_2m --steps 20 --n 2000 "
                "--output moons.png")
     sample.add_argument("--checkpoint", required=True, help="checkpoint file, or a folder (model.pt or newest step_*.pt)")
-    sample.add_argument("--solver", default="euler_maruyama",
-                        help="sampler name, e.g. euler_maruyama, reverse_diffusion, pc, ddim, dpm_solver++_2m, edm_heun, "
-                             "heun, rk4 (default: %(default)s)")
-    sample.add_argument("--steps", type=int, default=500, help="sampler steps (default: %(default)s)")
-    sample.add_argument("--time-grid", choices=("uniform", "quadratic", "logsnr", "karras"), default="uniform",
-                        help="(default: %(default)s)")
+    sample.add_argument("--solver", default="euler_maruyama", metavar="NAME",
+                        help=f"sampler: {', '.join(available())} (default: %(default)s)")
+    sample.add_argument("--steps", type=int, default=None,
+                        help=f"grid steps of a fixed-step sampler (default: {DEFAULT_SAMPLE_STEPS})")
+    sample.add_argument("--rtol", type=float, default=None, help="relative tolerance of an adaptive sampler")
+    sample.add_argument("--atol", type=float, default=None, help="absolute tolerance of an adaptive sampler")
+    sample.add_argument("--time-grid", choices=GRIDS, default="uniform", help="(default: %(default)s)")
     sample.add_argument("--n", type=int, default=1000, help="number of samples (default: %(default)s)")
     sample.add_argument("--shape", type=_int_list, default=None,
                         help="sample shape, e.g. 2 or 1,8,8 (default: the training data's, from the checkpoint)")

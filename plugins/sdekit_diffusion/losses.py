@@ -159,7 +159,7 @@ def dsm_loss(sde, score_fn_or_net: Callable | nn.Module, x0: torch.Tensor, *, pr
     # t is in [t_min, t_max] by construction or checked above: the unchecked schedule methods keep
     # the training step free of host-device syncs
     noise = torch.randn(x0.shape, generator=generator, dtype=dtype, device=device)
-    alpha, sigma = _broadcast(sde._alpha(t), x0), _broadcast(sde._sigma(t), x0)
+    alpha, sigma = _broadcast(sde.schedule.alpha(t), x0), _broadcast(sde.schedule.sigma(t), x0)
     x_t = alpha * x0 + sigma * noise
     output = score_fn_or_net(x_t, t) if is_net else score_fn_or_net(t, x_t)
     if output.shape != x0.shape:
@@ -168,7 +168,7 @@ def dsm_loss(sde, score_fn_or_net: Callable | nn.Module, x0: torch.Tensor, *, pr
     scaled = _residual_times_sigma(prediction, output.to(dtype), x0, noise, alpha, sigma)
     per_sample = scaled.pow(2).flatten(1).mean(1)  # = sigma^2 |r|^2 / D
     if weighting == "likelihood":
-        per_sample = per_sample * (sde._g2(t) / sde._sigma(t) ** 2)
+        per_sample = per_sample * (sde.schedule.g2(t) / sde.schedule.sigma(t) ** 2)
     if correction is not None:
         per_sample = per_sample * correction
     return _reduce(per_sample, reduction)

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from .sde import DiffusionSDE, ScoreFunction, _as_time, _broadcast_time, batch_time
+from .sde import DiffusionSDE, ScoreFunction, _as_time, append_dims, batch_time
 
 
 class GaussianMixture:
@@ -82,7 +82,7 @@ class GaussianMixture:
 
     def _marginal(self, sde: DiffusionSDE, t, x):
         t = batch_time(_as_time(t, x), x)
-        return self._component_logp(x, sde._alpha(t), sde._sigma(t))
+        return self._component_logp(x, sde.schedule.alpha(t), sde.schedule.sigma(t))
 
     def score_fn(self, sde: DiffusionSDE) -> ScoreFunction:
         """The exact score ``score_fn(t, x)`` of the marginal ``p_t`` of ``sde`` (``t``: ``(batch,)``
@@ -123,9 +123,9 @@ class GaussianMixture:
 
         def mean_std(t):
             t = batch_time(sde.check_time(_as_time(t, x)), x)
-            alpha, sigma = sde._alpha(t), sde._sigma(t)
+            alpha, sigma = sde.schedule.alpha(t), sde.schedule.sigma(t)
             std = torch.sqrt(alpha ** 2 * stds[0] ** 2 + sigma ** 2)
-            return _broadcast_time(alpha, x) * means[0], _broadcast_time(std, x)
+            return append_dims(alpha, x) * means[0], append_dims(std, x)
 
         mean_from, std_from = mean_std(t_from)
         mean_to, std_to = mean_std(t_to)

@@ -7,7 +7,6 @@ of :mod:`sdekit_diffusion.time_grids`.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Callable
 
 import torch
@@ -15,9 +14,8 @@ import torch
 import sdekit
 
 from .sde import DiffusionSDE
-from .samplers import ADAPTIVE, CORE_ALIASES, PLUGIN_SAMPLERS, available
+from .samplers import registry
 from .samplers._common import Context, CountedScore, NormalStream
-from .samplers.core import core_names, run_core
 from .time_grids import time_grid as make_time_grid
 
 DEFAULT_STEPS = 1000   # score_sde's N = 1000 discretisation steps (Song et al. 2021, VP and VE)
@@ -96,13 +94,12 @@ def sample(sde: DiffusionSDE, score_fn: Callable, shape=None, *, x_T: torch.Tens
     """
     if not isinstance(sde, DiffusionSDE):
         raise TypeError(f"sde must be a DiffusionSDE, got {type(sde).__name__}")
-    names = available()
-    if solver not in names:
-        raise ValueError(f"unknown sampler {solver!r}; valid ones are {', '.join(names)}")
+    record = registry.get(solver)
     seed = _seed(options.pop("seed", None), generator)
     sample_offset = options.pop("sample_offset", 0)
     dtype = options.pop("dtype", torch.get_default_dtype())
     device = options.pop("device", generator.device if generator is not None else None)
+    record.check_options(options)
     stream_args = dict(seed=seed, sample_offset=sample_offset)
     if x_T is None:
         stream_args.update(dtype=dtype, device=device)
@@ -110,54 +107,42 @@ def sample(sde: DiffusionSDE, score_fn: Callable, shape=None, *, x_T: torch.Tens
     t_end = sde.t_min if t_min is None else float(t_min)
 
     score = CountedScore(score_fn, sde)
-    is_core = solver not in PLUGIN_SAMPLERS
-    core_name = CORE_ALIASES.get(solver, solver)
-    adaptive = solver in ADAPTIVE or (is_core and core_names()[core_name]["adaptive"])
-    if adaptive:
+    if record.adaptive:
         if steps is not None:
             raise ValueError(f"{solver!r} is adaptive: it chooses its own steps; give rtol=/atol= "
                              "(or its tolerance options) instead of steps=")
         grid = torch.tensor([sde.t_max, t_end], dtype=x.dtype, device=x.device)
     else:
         steps = DEFAULT_STEPS if steps is None else steps
-        minimum = PLUGIN_SAMPLERS[solver][1] if not is_core else 1
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < minimum:
-            raise ValueError(f"{solver!r} needs an integer steps >= {minimum}, got {steps!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < record.min_steps:
+            raise ValueError(f"{solver!r} needs an integer steps >= {record.min_steps}, got {steps!r}")
         grid = make_time_grid(sde, steps, time_grid, t_end, sde.t_max).to(x.dtype).to(x.device)
+    if hasattr(sde.schedule, "precompute"):
+        sde.schedule.precompute(grid)   # autograd schedules: f and g^2 on the grid in one pass
 
     bar = None
-    if progress and not is_core:
+    if progress and not record.core:
         from tqdm.auto import tqdm
-        bar = tqdm(total=None if adaptive else steps, unit="step", leave=False, desc=solver)
-    ctx = Context(sde, score, stream, seed, sample_offset, callback, bar)
-    ctx.stats = {}
+        bar = tqdm(total=None if record.adaptive else steps, unit="step", leave=False, desc=solver)
+    ctx = Context(sde, score, stream, seed, sample_offset, callback, bar, progress=progress)
     try:
-        if is_core:
-            x = run_core(ctx, x, grid, name=core_name, noise=stream.noise, progress=progress,
-                         **options)
-        else:
-            function = PLUGIN_SAMPLERS[solver][0]
-            _check_options(solver, function, options)
-            x = function(ctx, x, grid, **options)
+        result = record.function(ctx, x, grid, **options)
     finally:
         if bar is not None:
             bar.close()
+    if isinstance(result, sdekit.Solution):
+        solution = result
+    else:
+        solution = sdekit.Solution(x=result, ts=grid, xs=None, nfe=0, n_steps=len(grid) - 1,
+                                   n_rejected=0, grid=grid)
+    x = solution.x
     if denoise:
         x = ctx.data(grid[-1], x)
     score.check_finite()
     if not bool(torch.isfinite(x).all()):
         raise sdekit.NonFiniteError(f"sampler {solver!r} produced NaN or infinite samples; take more "
                                     "steps or check the schedule near t_min/t_max")
-    grid = ctx.stats.get("grid", grid)
-    return sdekit.Solution(x=x, ts=grid, xs=None, nfe=score.calls,
-                           n_steps=ctx.stats.get("n_steps", len(grid) - 1),
-                           n_rejected=ctx.stats.get("n_rejected", 0), grid=grid)
-
-
-def _check_options(solver: str, function, options: dict) -> None:
-    parameters = list(inspect.signature(function).parameters)[3:]
-    unknown = sorted(set(options) - set(parameters))
-    if unknown:
-        raise TypeError(f"sampler {solver!r} got unknown options {unknown}; it accepts "
-                        f"{parameters if parameters else 'no options'} (and seed, sample_offset, "
-                        "dtype, device)")
+    solution.x, solution.nfe = x, score.calls
+    if solution.grid is None:
+        solution.grid = solution.ts
+    return solution

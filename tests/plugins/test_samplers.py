@@ -157,7 +157,7 @@ def test_stochastic_error_decreases(sde_name, solver, options):
 
 def test_adaptive_sde_error_decreases_with_tolerance():
     sde = skd.VPSDE()
-    loose = gaussian_error(sde, "adaptive_sde", None, rel_tol=0.5, abs_tol=0.5)
+    loose = gaussian_error(sde, "adaptive_sde", None, rtol=0.5, atol=0.5)
     default = gaussian_error(sde, "adaptive_sde", None)     # the paper's tolerances
     assert default < loose and default < 0.02, (loose, default)
 
@@ -388,8 +388,14 @@ def test_bad_input_errors():
         skd.sample(sde, score, (2, 2), solver="adaptive_sde", steps=10)
     with pytest.raises(ValueError, match="shape"):
         skd.sample(sde, score, solver="ddim", steps=4)
-    with pytest.raises(TypeError, match="unknown options.*eta"):
+    with pytest.raises(TypeError, match="unknown option 'etta'.*accepts eta"):
         skd.sample(sde, score, (2, 2), solver="ddim", steps=4, etta=1.0)
+    with pytest.raises(TypeError, match="'rel_tol' is now called 'rtol'"):
+        skd.sample(sde, score, (2, 2), solver="adaptive_sde", rel_tol=0.1)
+    with pytest.raises(TypeError, match="fixed steps.*adaptive sampler: .*adaptive_sde"):
+        skd.sample(sde, score, (2, 2), solver="ddim", steps=4, rtol=0.1)
+    with pytest.raises(TypeError, match="unknown option 'etta'.*rtol, atol"):
+        skd.sample(sde, score, (2, 2), solver="dopri5", etta=1.0)
     with pytest.raises(ValueError, match="corrector"):
         skd.sample(sde, score, (2, 2), solver="pc", steps=4, corrector="gibbs")
     with pytest.raises(sdekit.ShapeError, match="score_fn returned"):

@@ -2,6 +2,8 @@
 SDE, log-SNR inversion, discrete chains and schedule validation."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -103,7 +105,7 @@ def test_inverse_log_snr(name):
     lam = sde.log_snr(t)
     torch.testing.assert_close(sde.inverse_log_snr(lam), t, rtol=1e-10, atol=1e-12)
     # the generic bisection agrees with the closed form
-    torch.testing.assert_close(skd.DiffusionSDE._inverse_log_snr(sde, lam), t, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(skd.schedules.Schedule.t_of_log_snr(sde.schedule, lam), t, rtol=1e-10, atol=1e-13)
     assert (lam[1:] < lam[:-1]).all()
     with pytest.raises(ValueError, match="outside the range"):
         sde.inverse_log_snr(lam[0] + 1.0)
@@ -229,3 +231,135 @@ def test_float32_coefficients_keep_dtype():
     assert vp.diffusion(t, x).dtype == torch.float32
     lin = skd.DiffusionSDE.from_marginal(lambda t: 1 - t, lambda t: t, 1e-3, 0.999)
     assert lin.drift(t, x).dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# schedule objects
+
+def linear_betas(N=1000):
+    return torch.linspace(1e-4, 0.02, N, dtype=torch.float64)     # DDPM (Ho et al. 2020)
+
+
+def test_every_sde_holds_a_schedule_and_checked_methods_agree():
+    for sde in [f() for f in PRESETS.values()] + [
+            skd.DiffusionSDE.from_marginal(lambda t: 1 - t, lambda t: t, 1e-3, 0.98),
+            skd.DiffusionSDE.from_betas(linear_betas())]:
+        schedule = sde.schedule
+        assert isinstance(schedule, skd.Schedule)
+        assert (schedule.t_min, schedule.t_max) == (sde.t_min, sde.t_max)
+        t = times(sde, 50)
+        for name in ("alpha", "sigma", "log_snr", "f", "g2"):
+            torch.testing.assert_close(getattr(sde, name)(t), getattr(schedule, name)(t))
+        f, g2 = schedule.f_g2(t)
+        torch.testing.assert_close(f, schedule.f(t))
+        torch.testing.assert_close(g2, schedule.g2(t))
+        torch.testing.assert_close(schedule.t_of_log_snr(schedule.log_snr(t)), t, rtol=1e-9, atol=1e-9)
+
+
+def test_discrete_schedule_follows_dpm_solver_convention():
+    betas = linear_betas()
+    alphas_cumprod = torch.cumprod(1 - betas, 0)
+    sde = skd.DiffusionSDE.from_alphas_cumprod(alphas_cumprod)
+    schedule = sde.schedule
+    N = 1000
+    assert isinstance(schedule, skd.DiscreteSchedule) and schedule.N == N
+    assert sde.t_min == pytest.approx(1 / N) and sde.t_max == 1.0
+    n = torch.arange(N)
+    t_n = (n + 1) / N
+    torch.testing.assert_close(schedule.timestep_time(n), t_n.double())
+    # on the grid points: the table exactly, and the network's timestep n
+    torch.testing.assert_close(schedule.alpha(t_n) ** 2, alphas_cumprod, rtol=1e-12, atol=0)
+    torch.testing.assert_close(schedule.model_time(t_n), n.double(), rtol=0, atol=1e-9)
+    # log alpha is linear between the grid points; f is N times the table's difference, g^2 = -2f
+    log_alpha = 0.5 * torch.log(alphas_cumprod)
+    mid = (t_n[:-1] + t_n[1:]) / 2
+    torch.testing.assert_close(schedule.log_alpha(mid), (log_alpha[:-1] + log_alpha[1:]) / 2)
+    f, g2 = schedule.f_g2(mid)
+    torch.testing.assert_close(f, N * (log_alpha[1:] - log_alpha[:-1]))
+    torch.testing.assert_close(g2, -2 * f)
+    torch.testing.assert_close(schedule.sigma(mid) ** 2 + schedule.alpha(mid) ** 2,
+                               torch.ones_like(mid))
+    # the quantized model time rounds to the nearest timestep
+    q = skd.DiffusionSDE.from_betas(betas, quantize=True).schedule
+    assert q.model_time(torch.tensor([0.5004, 0.5006])).tolist() == [499.0, 500.0]
+    # from_betas is the cumulative product
+    torch.testing.assert_close(skd.DiffusionSDE.from_betas(betas).schedule.alphas_cumprod,
+                               alphas_cumprod)
+
+
+def test_discrete_schedule_log_snr_inverse_between_grid_points():
+    schedule = skd.DiffusionSDE.from_betas(linear_betas(), quantize=False).schedule
+    t = torch.rand(500, generator=torch.Generator().manual_seed(0)) * (1 - 1e-3) + 1e-3
+    torch.testing.assert_close(schedule.t_of_log_snr(schedule.log_snr(t)), t, rtol=1e-10, atol=1e-12)
+
+
+def test_discrete_schedule_handles_zero_terminal_snr():
+    alphas_cumprod = torch.cumprod(1 - linear_betas(), 0)
+    alphas_cumprod[-1] = 0.0                        # rescale_zero_terminal_snr's last entry
+    sde = skd.DiffusionSDE.from_alphas_cumprod(alphas_cumprod)
+    assert sde.schedule.zero_terminal_snr
+    one = torch.tensor([1.0])
+    assert torch.isfinite(sde.log_snr(one)).all() and torch.isfinite(sde.f(one)).all()
+    assert sde.alpha(one).item() ** 2 == pytest.approx(2.0 ** -24)
+    assert sde.prior_std == pytest.approx(1.0, abs=1e-7)
+    data = skd.GaussianMixture.gaussian(torch.tensor([0.5, -1.0]), 0.5)
+    x = skd.sample(sde, data.score_fn(sde), (4000, 2), solver="ddim", steps=50, seed=0).x
+    assert torch.isfinite(x).all()
+    torch.testing.assert_close(x.mean(0), torch.tensor([0.5, -1.0]), atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("table, match", [
+    ([0.9, 0.95, 0.5], "strictly decreasing"),
+    ([0.9], "at least 2"),
+    ([1.0, 0.5], "below 1"),
+    ([0.9, float("nan")], "finite"),
+    ([0.9, 1.5], r"in \[0, 1\]"),
+])
+def test_discrete_schedule_refuses_bad_tables(table, match):
+    with pytest.raises(ValueError, match=match):
+        skd.DiffusionSDE.from_alphas_cumprod(torch.tensor(table))
+
+
+def test_from_betas_refuses_betas_outside_unit_interval():
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        skd.DiffusionSDE.from_betas(torch.tensor([0.1, -0.1]))
+
+
+@pytest.mark.parametrize("alpha, why", [
+    (lambda t: (1 - t).detach(), "detached"),
+    (lambda t: torch.as_tensor(np.asarray(1 - t.detach().numpy())), "numpy"),
+    (lambda t: torch.as_tensor(np.interp(t.detach().numpy(), [0, 1], [1, 0])), "np.interp"),
+])
+def test_from_marginal_refuses_non_differentiable_functions(alpha, why):
+    with pytest.raises(ValueError, match="autograd"):
+        skd.DiffusionSDE.from_marginal(alpha, lambda t: t, t_min=1e-3, t_max=0.98)
+
+
+def test_from_marginal_refuses_no_grad_and_accepts_constants():
+    def alpha_no_grad(t):
+        with torch.no_grad():
+            return 1 - t
+    with pytest.raises(ValueError, match="autograd"):
+        skd.DiffusionSDE.from_marginal(alpha_no_grad, lambda t: t, t_min=1e-3, t_max=0.98)
+    # alpha = 1 (VE) has f = 0 legitimately
+    sde = skd.DiffusionSDE.from_marginal(lambda t: 1.0, lambda t: 0.01 * 5000 ** t, t_min=1e-5)
+    assert sde.f(torch.tensor([0.5])).item() == 0.0
+
+
+def test_marginal_schedule_cache_gives_the_autograd_values():
+    vp = skd.VPSDE()
+    custom = skd.DiffusionSDE.from_marginal(lambda t: vp.schedule.alpha(t), lambda t: vp.schedule.sigma(t))
+    schedule = custom.schedule
+    grid = torch.linspace(1.0, 1e-3, 101)
+    schedule.precompute(grid)
+    for t in grid[::10]:
+        f, g2 = schedule.f_g2(t)                    # a cache hit
+        torch.testing.assert_close(f, vp.schedule.f(t), rtol=1e-12, atol=0)
+        torch.testing.assert_close(g2, vp.schedule.g2(t), rtol=1e-12, atol=0)
+    t = torch.tensor(0.123456)                      # a miss: computed, then cached
+    torch.testing.assert_close(schedule.f_g2(t)[1], vp.schedule.g2(t), rtol=1e-12, atol=0)
+    torch.testing.assert_close(schedule.f_g2(t)[1], vp.schedule.g2(t), rtol=1e-12, atol=0)
+    # a float32 grid is cached under its float32 values too
+    schedule.precompute(grid.float())
+    torch.testing.assert_close(schedule.f_g2(grid.float()[3])[0], vp.schedule.f(grid.float()[3]),
+                               rtol=1e-6, atol=0)

@@ -344,6 +344,20 @@ def test_cli_train_then_sample(tmp_path, capsys):
     assert run("sample", "--checkpoint", tmp_path / "run" / "model.pt", "--solver", "ddim", "--steps", "5", "--n", "64",
                "--output", tmp_path / "x.png", "--quiet") == 0
     assert (tmp_path / "x.png").stat().st_size > 0
+    # every adaptive sampler runs from the command line with --rtol/--atol (read from the registry)
+    for solver in ("dopri5", "adaptive_sde", "adaptive_em"):
+        assert run("sample", "--checkpoint", tmp_path / "run", "--solver", solver, "--rtol", "0.05", "--atol",
+                   "0.05", "--n", "16", "--output", tmp_path / f"{solver}.npy", "--quiet") == 0, solver
+        assert np.isfinite(np.load(tmp_path / f"{solver}.npy")).all()
+    capsys.readouterr()
+    assert run("sample", "--checkpoint", tmp_path / "run", "--solver", "dopri5", "--steps", "10",
+               "--output", tmp_path / "y.npy") == 2
+    assert "adaptive: give --rtol/--atol" in capsys.readouterr().err
+    assert run("sample", "--checkpoint", tmp_path / "run", "--solver", "ddim", "--rtol", "0.1",
+               "--output", tmp_path / "y.npy") == 2
+    assert "need an adaptive sampler" in capsys.readouterr().err
+    assert run("sample", "--checkpoint", tmp_path / "run", "--solver", "ddimm", "--output", tmp_path / "y.npy") == 2
+    assert "unknown sampler 'ddimm'" in capsys.readouterr().err
     assert run("train", "--data", tmp_path / "missing.npy", "--output", tmp_path / "bad", "--quiet") == 2
     assert run("sample", "--checkpoint", tmp_path / "nothing", "--output", tmp_path / "y.npy") == 2
     assert "missing.npy" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import torch
 
 import sdekit
 
-from ..sde import DiffusionSDE, _broadcast_time, batch_time
+from ..sde import DiffusionSDE, append_dims, batch_time
 
 
 class CountedScore:
@@ -82,19 +82,32 @@ class Context:
     """A sampler's view of the problem: the SDE, the counted score, noise and reporting.
 
     ``score(t, x)``, ``eps(t, x)``, ``data(t, x)`` take ``t`` 0-d or ``(batch,)``; ``normal()`` draws
-    per-sample normals; ``report(i, x, t, denoised)`` runs the callback and advances the progress bar.
+    per-sample normals; ``report(i, x, t, denoised)`` runs the callback and advances the progress bar
+    (``progress``: whether the caller asked for one, for samplers that run their own loop).
+
+    ``final_zero`` (``sample(..., final_step="zero")``, only for samplers registered with
+    ``data_prediction=True``): the last step goes from ``ts[-2]`` to :math:`\sigma = 0` instead of
+    to ``ts[-1]``, and is the first-order one, :math:`x = \hat x_0(t_{N-1}, x)` (diffusers'
+    ``final_sigmas_type="zero"``); see :meth:`ends_at_zero`.
     """
 
     def __init__(self, sde: DiffusionSDE, score: CountedScore, normal: NormalStream,
-                 seed: int, sample_offset: int, callback=None, bar=None):
+                 seed: int, sample_offset: int, callback=None, bar=None, progress: bool = False,
+                 final_zero: bool = False):
         self.sde, self.score, self.normal = sde, score, normal
         self.seed, self.sample_offset = seed, sample_offset
-        self.callback, self.bar = callback, bar
+        self.callback, self.bar, self.progress = callback, bar, progress
+        self.final_zero = bool(final_zero)
+
+    def ends_at_zero(self, i: int, ts: torch.Tensor) -> bool:
+        """Whether step ``i`` of the grid ``ts`` is the step to :math:`\sigma = 0` (Python ints
+        only: no host sync)."""
+        return self.final_zero and i == len(ts) - 2
 
     # coefficients ---------------------------------------------------------------------------
     def alpha_sigma(self, t: torch.Tensor, x: torch.Tensor):
         """:math:`\\alpha(t), \\sigma(t)` broadcastable against ``x``."""
-        return (_broadcast_time(self.sde._alpha(t), x), _broadcast_time(self.sde._sigma(t), x))
+        return (append_dims(self.sde.schedule.alpha(t), x), append_dims(self.sde.schedule.sigma(t), x))
 
     def eps(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         r""":math:`\hat\epsilon = -\sigma(t) s(t, x)` (one score call)."""
@@ -115,4 +128,4 @@ class Context:
 
 def schedule(sde: DiffusionSDE, ts: torch.Tensor):
     """``(alpha, sigma, lambda)`` on the grid ``ts`` (precomputed once, no host sync in loops)."""
-    return sde._alpha(ts), sde._sigma(ts), sde._log_snr(ts)
+    return sde.schedule.alpha(ts), sde.schedule.sigma(ts), sde.schedule.log_snr(ts)

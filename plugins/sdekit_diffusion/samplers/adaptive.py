@@ -32,8 +32,9 @@ Noise (``noise=``):
   for comparison with the paper.
 
 Defaults from the paper (§3 and App. on hyper-parameters): :math:`\epsilon_{abs} = 0.0078`
-(``abs_tol``, about 1/128: for data scaled to [-1, 1]), :math:`\epsilon_{rel} = 0.05`
-(``rel_tol``; the paper trades speed for quality with 0.01–0.05), :math:`\theta = 0.9`
+(``atol``, about 1/128: for data scaled to [-1, 1]), :math:`\epsilon_{rel} = 0.05`
+(``rtol``; the paper trades speed for quality with 0.01–0.05; the paper's names ``abs_tol`` and
+``rel_tol`` are refused with a message naming these), :math:`\theta = 0.9`
 (``safety``), :math:`r = 0.9` (``exponent``), :math:`h_{init} = 0.01` (``h_init``).
 
 ``t`` and ``h`` are ``(batch,)`` tensors; the score is called on the whole batch with each sample's
@@ -52,6 +53,7 @@ import sdekit
 from sdekit.brownian import BrownianTree
 
 from ._common import Context
+from .registry import register
 
 ABS_TOL = 0.0078   # Jolicoeur-Martineau et al. 2021
 REL_TOL = 0.05
@@ -62,14 +64,15 @@ PATH_SEED_TAG = 0xAD5DE  # seed of the Brownian path: seed + 2**64 * PATH_SEED_T
 NOISES = ("path", "fresh")
 
 
-def adaptive_sde(ctx: Context, x: torch.Tensor, ts: torch.Tensor, abs_tol: float = ABS_TOL,
-                 rel_tol: float = REL_TOL, safety: float = SAFETY, exponent: float = EXPONENT,
+@register("adaptive_sde", calls_per_step=2, stochastic=True, adaptive=True, order=1)
+def adaptive_sde(ctx: Context, x: torch.Tensor, ts: torch.Tensor, rtol: float = REL_TOL,
+                 atol: float = ABS_TOL, safety: float = SAFETY, exponent: float = EXPONENT,
                  h_init: float = H_INIT, extrapolation: bool = True,
-                 max_steps: int = 10_000, noise: str = "path") -> torch.Tensor:
+                 max_steps: int = 10_000, noise: str = "path") -> sdekit.Solution:
     """Gotta-Go-Fast adaptive sampler (module docstring)."""
-    if abs_tol < 0 or rel_tol < 0 or abs_tol + rel_tol <= 0:
-        raise ValueError(f"tolerances must be non-negative and not both zero; got abs_tol={abs_tol}, "
-                         f"rel_tol={rel_tol}")
+    if not (atol >= 0 and rtol >= 0 and atol + rtol > 0):
+        raise ValueError(f"tolerances must be non-negative and not both zero; got rtol={rtol}, "
+                         f"atol={atol}")
     if noise not in NOISES:
         raise ValueError(f"noise must be one of {NOISES} (a Brownian path, or the paper's fresh "
                          f"normals per attempt), got {noise!r}")
@@ -96,7 +99,7 @@ def adaptive_sde(ctx: Context, x: torch.Tensor, ts: torch.Tensor, abs_tol: float
         if iterations >= max_steps:
             raise sdekit.MaxStepsError(
                 f"adaptive_sde took max_steps={max_steps} iterations and some samples are still at "
-                f"t up to {float(t.max()):.6g}; raise max_steps or loosen abs_tol/rel_tol")
+                f"t up to {float(t.max()):.6g}; raise max_steps or loosen rtol/atol")
         iterations += 1
         h = torch.where(active, h.minimum(t - t_end), torch.zeros_like(h))
         last = h >= t - t_end
@@ -106,16 +109,16 @@ def adaptive_sde(ctx: Context, x: torch.Tensor, ts: torch.Tensor, abs_tol: float
             dW = path.increments_per_sample(t, t_next)[0]
         else:
             dW = torch.sqrt(h_b) * ctx.normal()
-        f, g2 = sde._f_g2(t)
+        f, g2 = sde.schedule.f_g2(t)
         f, g2 = f.reshape(shape), g2.reshape(shape)
         x_prime = x - h_b * (f * x - g2 * ctx.score(t, x)) + torch.sqrt(g2) * dW
-        f1, g21 = sde._f_g2(t_next)
+        f1, g21 = sde.schedule.f_g2(t_next)
         f1, g21 = f1.reshape(shape), g21.reshape(shape)
         x_tilde = (x - h_b * (f1 * x_prime - g21 * ctx.score(t_next, x_prime))
                    + torch.sqrt(g21) * dW)
         x_second = 0.5 * (x_prime + x_tilde)
-        delta = torch.maximum(torch.as_tensor(abs_tol, dtype=x.dtype, device=x.device),
-                              rel_tol * torch.maximum(x_prime.abs(), x_prime_prev.abs()))
+        delta = torch.maximum(torch.as_tensor(atol, dtype=x.dtype, device=x.device),
+                              rtol * torch.maximum(x_prime.abs(), x_prime_prev.abs()))
         error = ((x_prime - x_second) / delta).flatten(1).pow(2).sum(1).div(n).sqrt()
         accept = active & (error <= 1)
         accept_b = accept.reshape(shape)
@@ -127,8 +130,5 @@ def adaptive_sde(ctx: Context, x: torch.Tensor, ts: torch.Tensor, abs_tol: float
         growth = safety * error.clamp(min=1e-10) ** -exponent
         h = torch.minimum(t - t_end, h * growth)
         ctx.report(iterations - 1, x, t, None)
-    ctx.stats.update(n_steps=int(accepted.max()), n_rejected=int(rejected.max()))
-    return x
-
-
-SAMPLERS = {"adaptive_sde": (adaptive_sde, 1, True)}
+    return sdekit.Solution(x=x, ts=ts[[0, -1]], xs=None, nfe=ctx.score.calls,
+                           n_steps=int(accepted.max()), n_rejected=int(rejected.max()))

@@ -20,13 +20,15 @@ which is DDPM ancestral sampling for VP (mean :math:`(x + \beta s)/\sqrt{1-\beta
 posterior variance :math:`\tilde\beta`) and exactly the SMLD ancestral update of score_sde
 (``AncestralSamplingPredictor.vesde_update_fn``: mean :math:`x + (\sigma_t^2 - \sigma_s^2) s`,
 variance :math:`(\sigma_t^2-\sigma_s^2)\sigma_s^2/\sigma_t^2`) for VE. It equals DDIM with
-``eta = 1``. Both: one score call per step; weak order 1.
+``eta = 1``. Both: one score call per step; weak order 1. ``ancestral`` with ``final_step="zero"``
+ends at :math:`\sigma_s = 0`, where the posterior is the point :math:`\hat x_0` (no noise).
 """
 from __future__ import annotations
 
 import torch
 
 from ._common import Context, schedule
+from .registry import register
 
 
 def transition(ctx: Context, ts: torch.Tensor):
@@ -51,6 +53,7 @@ def ancestral_step(ctx, i, ts, x, alpha_ts, sigma2_ts, sigma, noise=True):
     return (mean + std * ctx.normal() if noise else mean), mean
 
 
+@register("reverse_diffusion", stochastic=True, order=1)
 def reverse_diffusion(ctx: Context, x: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
     """The reverse-diffusion predictor alone (module docstring)."""
     alpha_ts, sigma2_ts, _ = transition(ctx, ts)
@@ -60,13 +63,16 @@ def reverse_diffusion(ctx: Context, x: torch.Tensor, ts: torch.Tensor) -> torch.
     return x
 
 
+@register("ancestral", stochastic=True, order=1, data_prediction=True)
 def ancestral(ctx: Context, x: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
     """Ancestral sampling (module docstring)."""
     alpha_ts, sigma2_ts, (_, sigma, _) = transition(ctx, ts)
     for i in range(len(ts) - 1):
+        if ctx.ends_at_zero(i, ts):   # the posterior q(x_s | x_t, x0) at sigma_s = 0 is x0 itself
+            x = ctx.data(ts[i], x)
+            ctx.report(i, x, ts[i + 1], x)
+            break
         x, _ = ancestral_step(ctx, i, ts, x, alpha_ts, sigma2_ts, sigma)
         ctx.report(i, x, ts[i + 1], None)
     return x
 
-
-SAMPLERS = {"reverse_diffusion": (reverse_diffusion, 1, True), "ancestral": (ancestral, 1, True)}

@@ -13,15 +13,19 @@ the paper's :math:`\sigma_t(\eta)` (eq. 16) in this notation: :math:`c^2 = \eta^
 DPM-Solver, :math:`x_s = \tfrac{\alpha_s}{\alpha_t} x_t - \sigma_s (e^{h} - 1)\hat\epsilon`,
 :math:`h = \lambda_s - \lambda_t` (Lu et al. 2022, §4.1): an exponential-integrator discretisation
 of the probability-flow ODE, global order 1. ``eta = 1`` is ancestral (DDPM) sampling. One score
-call per step.
+call per step. With ``final_step="zero"`` the last step goes to :math:`\sigma_s = 0`,
+:math:`x_s = \hat x_0` (diffusers' ``DDIMScheduler`` with ``set_alpha_to_one=True``).
 """
 from __future__ import annotations
 
 import torch
 
 from ._common import Context, schedule
+from .registry import register
 
 
+@register("ddim", order=1, stochastic=lambda options: options.get("eta", 0.0) != 0,
+          data_prediction=True)
 def ddim(ctx: Context, x: torch.Tensor, ts: torch.Tensor, eta: float = 0.0) -> torch.Tensor:
     """DDIM with ``eta`` in [0, 1] (module docstring)."""
     if not eta >= 0:
@@ -33,12 +37,13 @@ def ddim(ctx: Context, x: torch.Tensor, ts: torch.Tensor, eta: float = 0.0) -> t
     for i in range(len(ts) - 1):
         score = ctx.score(ts[i], x)
         x0 = (x + sigma[i] ** 2 * score) / alpha[i]
-        eps = -sigma[i] * score
-        x = alpha[i + 1] * x0 + direction[i] * eps
-        if eta != 0:
-            x = x + c[i] * ctx.normal()
+        if ctx.ends_at_zero(i, ts):
+            x = x0              # to sigma_s = 0: the data prediction (c = 0, no eps direction)
+        else:
+            eps = -sigma[i] * score
+            x = alpha[i + 1] * x0 + direction[i] * eps
+            if eta != 0:
+                x = x + c[i] * ctx.normal()
         ctx.report(i, x, ts[i + 1], x0)
     return x
 
-
-SAMPLERS = {"ddim": (ddim, 1, False)}

@@ -51,19 +51,23 @@ D' + \tfrac{u^2}{2} D''`: :math:`\int_0^h e^{u-h} u^k/k!\,du` is :math:`-\phi_1`
 multiply :math:`\phi_3` by half this second difference, :math:`(D_{1,0} - D_{1,1})/(r_0 + r_1)`;
 that update measures global order 2 in ``tests/plugins/test_samplers.py``, this one order 3.)
 
-The first steps use the lower orders (1, then 2) until enough history exists; with
-``lower_order_final=True`` (default) and fewer than 15 steps the last steps drop order too,
-``order = min(order, N + 1 - i)``, for stability at few steps (the rule of the authors'
-``dpm_solver_pytorch.py``, ``sample(..., lower_order_final=True)``, with diffusers' threshold of
-15 steps rather than the authors' 10: on the 8-D mixture of ``benchmarks/few_step.py`` it halves
-the 2M error at 10 steps on the quadratic grid). Global orders 2 and 3; one
-score call per step.
+The first steps use the lower orders (1, then 2) until enough history exists. The last steps
+drop order too, ``order = min(order, N + 1 - i)``, for stability at few steps (the rule of the
+authors' ``dpm_solver_pytorch.py``, ``sample(..., lower_order_final=True)``): with
+``lower_order_final="auto"`` (default) below 15 steps only, diffusers' threshold (the authors' is
+10; on the 8-D mixture of ``benchmarks/few_step.py`` it halves the 2M error at 10 steps on the
+quadratic grid, and it keeps sdekit equal to diffusers' ``DPMSolverMultistepScheduler`` at any
+step count); ``True`` at any step count; ``False`` never. ``euler_at_final=True`` makes the last
+step first order (diffusers' option of that name). With ``final_step="zero"`` the last step goes
+to :math:`\sigma = 0` and is first order, :math:`x = D_0` (diffusers' ``final_sigmas_type="zero"``).
+Global orders 2 and 3; one score call per step.
 """
 from __future__ import annotations
 
 import torch
 
 from ._common import Context, schedule
+from .registry import register
 
 LOWER_ORDER_FINAL_BELOW = 15   # diffusers' DPMSolverMultistepScheduler (the authors' code: 10)
 
@@ -74,9 +78,9 @@ def _singlestep(ctx: Context, x: torch.Tensor, ts: torch.Tensor, order: int) -> 
     h = lam[1:] - lam[:-1]
     r = (0.5,) if order == 2 else (1.0 / 3.0, 2.0 / 3.0)
     # intermediate times s_k = t_lambda(lambda_{i-1} + r_k h_i), all precomputed
-    mids = [sde._inverse_log_snr(lam[:-1] + rk * h).clamp(sde.t_min, sde.t_max) for rk in r]
-    mid_alpha = [sde._alpha(s) for s in mids]
-    mid_sigma = [sde._sigma(s) for s in mids]
+    mids = [sde.schedule.t_of_log_snr(lam[:-1] + rk * h).clamp(sde.t_min, sde.t_max) for rk in r]
+    mid_alpha = [sde.schedule.alpha(s) for s in mids]
+    mid_sigma = [sde.schedule.sigma(s) for s in mids]
     for i in range(len(ts) - 1):
         hi = h[i]
         eps0 = ctx.eps(ts[i], x)
@@ -100,29 +104,51 @@ def _singlestep(ctx: Context, x: torch.Tensor, ts: torch.Tensor, order: int) -> 
     return x
 
 
+@register("dpm_solver_2", calls_per_step=2, order=2)
 def dpm_solver_2(ctx: Context, x: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
     """Singlestep DPM-Solver-2 (module docstring); 2 score calls per step."""
     return _singlestep(ctx, x, ts, 2)
 
 
+@register("dpm_solver_3", calls_per_step=3, order=3)
 def dpm_solver_3(ctx: Context, x: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
     """Singlestep DPM-Solver-3 (module docstring); 3 score calls per step."""
     return _singlestep(ctx, x, ts, 3)
 
 
+def _lowers_final_order(lower_order_final, euler_at_final, steps: int) -> bool:
+    """Whether the last steps drop order (``lower_order_final``: ``"auto"``, True or False)."""
+    if lower_order_final not in ("auto", True, False):
+        raise ValueError(f"lower_order_final must be 'auto' (below {LOWER_ORDER_FINAL_BELOW} steps, "
+                         f"diffusers' rule), True (always) or False (never), got "
+                         f"{lower_order_final!r}")
+    if euler_at_final not in (True, False):
+        raise ValueError(f"euler_at_final must be True or False, got {euler_at_final!r}")
+    if lower_order_final == "auto":
+        return steps < LOWER_ORDER_FINAL_BELOW
+    return bool(lower_order_final)
+
+
 def _multistep(ctx: Context, x: torch.Tensor, ts: torch.Tensor, order: int,
-               lower_order_final: bool) -> torch.Tensor:
+               lower_order_final, euler_at_final: bool) -> torch.Tensor:
     alpha, sigma, lam = schedule(ctx.sde, ts)
     h = lam[1:] - lam[:-1]
     steps = len(ts) - 1
+    lower_final = _lowers_final_order(lower_order_final, euler_at_final, steps)
     history: list[torch.Tensor] = []   # data predictions at t_{i-1}, t_{i-2}, ...
     for i in range(steps):
         x0 = ctx.data(ts[i], x)
+        if ctx.ends_at_zero(i, ts):     # first order to sigma = 0: sigma_i/sigma_{i-1} = 0, phi1 = -1
+            x = x0
+            ctx.report(i, x, ts[i + 1], x0)
+            break
         history.insert(0, x0)
         del history[order:]
         step_order = min(order, i + 1)
-        if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW:
+        if lower_final:
             step_order = min(step_order, steps - i)
+        if euler_at_final and i == steps - 1:
+            step_order = 1
         hi = h[i]
         phi1 = torch.expm1(-hi)
         x_new = sigma[i + 1] / sigma[i] * x - alpha[i + 1] * phi1 * history[0]
@@ -144,23 +170,20 @@ def _multistep(ctx: Context, x: torch.Tensor, ts: torch.Tensor, order: int,
     return x
 
 
+# A multistep method of order k needs k steps to use its order at all (fewer would silently run a
+# lower-order method), so fewer are refused.
+@register("dpm_solver++_2m", min_steps=2, order=2, data_prediction=True)
 def dpm_solver_pp_2m(ctx: Context, x: torch.Tensor, ts: torch.Tensor,
-                     lower_order_final: bool = True) -> torch.Tensor:
+                     lower_order_final: bool | str = "auto",
+                     euler_at_final: bool = False) -> torch.Tensor:
     """Multistep DPM-Solver++(2M) (module docstring); 1 score call per step."""
-    return _multistep(ctx, x, ts, 2, lower_order_final)
+    return _multistep(ctx, x, ts, 2, lower_order_final, euler_at_final)
 
 
+@register("dpm_solver++_3m", min_steps=3, order=3, data_prediction=True)
 def dpm_solver_pp_3m(ctx: Context, x: torch.Tensor, ts: torch.Tensor,
-                     lower_order_final: bool = True) -> torch.Tensor:
+                     lower_order_final: bool | str = "auto",
+                     euler_at_final: bool = False) -> torch.Tensor:
     """Multistep DPM-Solver++(3M) (module docstring); 1 score call per step."""
-    return _multistep(ctx, x, ts, 3, lower_order_final)
+    return _multistep(ctx, x, ts, 3, lower_order_final, euler_at_final)
 
-
-# name: (function, minimum steps, stochastic). A multistep method of order k needs k steps to use
-# its order at all (fewer would silently run a lower-order method), so fewer are refused.
-SAMPLERS = {
-    "dpm_solver_2": (dpm_solver_2, 1, False),
-    "dpm_solver_3": (dpm_solver_3, 1, False),
-    "dpm_solver++_2m": (dpm_solver_pp_2m, 2, False),
-    "dpm_solver++_3m": (dpm_solver_pp_3m, 3, False),
-}

@@ -17,7 +17,9 @@ With :math:`y = x/\alpha` and :math:`\tilde\sigma = \sigma/\alpha = e^{-\lambda}
     y_{i+1} = \hat y + (\tilde\sigma_{i+1} - \hat\sigma)\tfrac12 (d + d'),
 
 and :math:`x_{i+1} = \alpha_{i+1} y_{i+1}`. The last :math:`\tilde\sigma_N = \tilde\sigma(t_{min})`
-is positive here, so every step (the last included) is a Heun step: 2 score calls per step.
+is positive here, so every step (the last included) is a Heun step: 2 score calls per step. With
+``final_step="zero"`` the grid ends at :math:`\tilde\sigma = 0` as in Karras et al.: the last step
+is their Euler step to 0, :math:`y = D(\hat y, \hat\sigma)` (one score call, ``2N - 1`` in all).
 :math:`\hat\sigma` is capped at :math:`\tilde\sigma(t_{max})` (the score is only defined on
 :math:`[t_{min}, t_{max}]`). Defaults ``S_churn = 0`` (deterministic: Heun's method in
 :math:`\tilde\sigma`, global order 2), ``S_min = 0``, ``S_max = inf``, ``S_noise = 1`` (Karras et al.
@@ -31,8 +33,11 @@ import math
 import torch
 
 from ._common import Context, schedule
+from .registry import register
 
 
+@register("edm_heun", calls_per_step=2, order=2, data_prediction=True,
+          stochastic=lambda options: options.get("S_churn", 0.0) > 0)
 def edm_heun(ctx: Context, x: torch.Tensor, ts: torch.Tensor, S_churn: float = 0.0,
              S_min: float = 0.0, S_max: float = math.inf, S_noise: float = 1.0) -> torch.Tensor:
     """EDM Algorithm 2 (module docstring)."""
@@ -46,12 +51,12 @@ def edm_heun(ctx: Context, x: torch.Tensor, ts: torch.Tensor, S_churn: float = 0
     sigma_hat = torch.minimum(sigma_ve * (1 + gamma), sigma_ve[0])
     churn = S_churn > 0
     if churn:
-        t_hat = sde._inverse_log_snr(-torch.log(sigma_hat)).clamp(sde.t_min, sde.t_max)
+        t_hat = sde.schedule.t_of_log_snr(-torch.log(sigma_hat)).clamp(sde.t_min, sde.t_max)
         t_hat = torch.where(sigma_hat == sigma_ve, ts, t_hat)
         noise_scale = S_noise * torch.sqrt((sigma_hat ** 2 - sigma_ve ** 2).clamp(min=0))
     else:
         t_hat = ts
-    alpha_hat = sde._alpha(t_hat)
+    alpha_hat = sde.schedule.alpha(t_hat)
 
     def denoiser(t, a, y):        # D(y, sigma_ve(t)) = x0_hat(t, alpha(t) y)
         return ctx.data(t, a * y)
@@ -61,6 +66,9 @@ def edm_heun(ctx: Context, x: torch.Tensor, ts: torch.Tensor, S_churn: float = 0
         if churn:
             y = y + noise_scale[i] * ctx.normal()
         x0 = denoiser(t_hat[i], alpha_hat[i], y)
+        if ctx.ends_at_zero(i, ts):   # Euler to sigma = 0: y + (0 - sigma_hat) d = D (Algorithm 1)
+            ctx.report(i, x0, ts[i + 1], x0)
+            return x0
         d = (y - x0) / sigma_hat[i]
         h = sigma_ve[i + 1] - sigma_hat[i]
         y_next = y + h * d
@@ -69,5 +77,3 @@ def edm_heun(ctx: Context, x: torch.Tensor, ts: torch.Tensor, S_churn: float = 0
         ctx.report(i, alpha[i + 1] * y, ts[i + 1], x0)
     return alpha[-1] * y
 
-
-SAMPLERS = {"edm_heun": (edm_heun, 1, False)}

@@ -33,6 +33,7 @@ import torch
 
 from ._common import Context, schedule
 from .ancestral import ancestral_step, reverse_diffusion_step, transition
+from .registry import register
 
 PREDICTORS = ("reverse_diffusion", "ancestral", "euler_maruyama", "none")
 CORRECTORS = ("langevin", "ald", "none")
@@ -41,7 +42,7 @@ SNR = 0.16   # score_sde configs/default_cifar10_configs.py
 
 def _euler_maruyama_step(ctx: Context, i, ts, x):
     t, s = ts[i], ts[i + 1]
-    f, g2 = ctx.sde._f_g2(t)
+    f, g2 = ctx.sde.schedule.f_g2(t)
     dt = t - s
     mean = x - (f * x - g2 * ctx.score(t, x)) * dt
     return mean + torch.sqrt(g2 * dt) * ctx.normal(), mean
@@ -51,6 +52,13 @@ def _per_sample(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return c.reshape(-1, *([1] * (x.dim() - 1)))
 
 
+def _calls_per_step(options: dict) -> int:
+    predictor = 0 if options.get("predictor", "reverse_diffusion") == "none" else 1
+    corrector = 0 if options.get("corrector", "langevin") == "none" else options.get("n_corrector_steps", 1)
+    return predictor + corrector
+
+
+@register("pc", calls_per_step=_calls_per_step, stochastic=True, order=1)
 def pc(ctx: Context, x: torch.Tensor, ts: torch.Tensor, predictor: str = "reverse_diffusion",
        corrector: str = "langevin", snr: float = SNR, n_corrector_steps: int = 1,
        per_sample: bool = False) -> torch.Tensor:
@@ -92,5 +100,3 @@ def pc(ctx: Context, x: torch.Tensor, ts: torch.Tensor, predictor: str = "revers
         ctx.report(i, x, ts[i + 1], None)
     return x
 
-
-SAMPLERS = {"pc": (pc, 1, True)}
