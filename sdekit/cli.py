@@ -111,6 +111,13 @@ def _run_bench(args) -> int:
         raise UsageError(f"--steps must be positive, got {args.steps}")
     if any(n < 1 for n in args.nfe or []):
         raise UsageError(f"--nfe budgets must be positive, got {args.nfe}")
+    from .paths import check_output_path
+    for option in ("json", "plot", "work_plot"):
+        if getattr(args, option):
+            try:
+                check_output_path(getattr(args, option), what="--" + option.replace("_", "-"))
+            except ValueError as error:
+                raise UsageError(str(error)) from None
     try:
         result = bench.run(problem, names, steps=args.steps or list(problem.steps), rtols=args.rtol,
                            atol=args.atol, nfe=args.nfe, samples=args.samples, batch_size=args.batch_size, seed=args.seed,

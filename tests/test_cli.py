@@ -143,3 +143,20 @@ def test_diffusion_samplers_at_nfe_budgets_from_the_cli(monkeypatch, capsys, tmp
     capsys.readouterr()
     assert cli.main(["bench", "--problem", "vp_reverse_mixture", "--solvers", "ddim", "--nfe", "10"]) == 2
     assert "deterministic" in capsys.readouterr().err
+
+
+def test_bench_refuses_an_unwritable_output_before_running(capsys, tmp_path, monkeypatch):
+    from sdekit import bench
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("bench ran before the path check"))
+    (tmp_path / "d").mkdir()
+    for option, path in [("--json", "/proc/sdekit/r.json"), ("--plot", str(tmp_path / "d")),
+                         ("--work-plot", "/proc/sdekit/w.png")]:
+        assert cli.main(["bench", "--problem", "gbm", "--steps", "4,8", option, path]) == 2
+        err = capsys.readouterr().err
+        assert option in err and "Traceback" not in err
+
+
+def test_interop_is_available_after_import_sdekit():
+    code = "import sdekit; print(callable(sdekit.interop.to_torchsde), callable(sdekit.interop.to_torchdiffeq))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"]

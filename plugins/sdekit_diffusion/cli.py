@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sdekit.paths import check_output_path
+
 SDES = ("vp", "subvp", "ve", "cosine")
 DEFAULT_SAMPLE_STEPS = 500
 COMMANDS = ("train", "sample")
@@ -21,6 +23,25 @@ COMMANDS = ("train", "sample")
 
 class CommandError(Exception):
     """Bad input to a sub-command: reported on stderr with exit code 2."""
+
+
+def check_device(name: str) -> None:
+    """:class:`CommandError` unless ``name`` is ``auto``, ``cpu`` or a CUDA device this machine has."""
+    if name in ("auto", "cpu"):
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CommandError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CommandError(f"--device {name}: CUDA is not available on this machine; use --device cpu "
+                               "(or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CommandError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                               f"device(s), cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif device.type != "cpu":
+        raise CommandError(f"--device {name}: only cpu and cuda devices are supported")
 
 
 def _build_sde(name: str):
@@ -93,6 +114,13 @@ def _sample(args) -> int:
             raise CommandError(f"--rtol/--atol need an adaptive sampler ({adaptive}); "
                                f"{args.solver} takes --steps")
         options["steps"] = DEFAULT_SAMPLE_STEPS if args.steps is None else args.steps
+    if args.n < 1:
+        raise CommandError(f"--n must be a positive number of samples, got {args.n}")
+    check_device(args.device)
+    try:
+        output = check_output_path(args.output, what="--output")
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     path = Path(args.checkpoint)
     if path.is_dir():
         found = path / "model.pt" if (path / "model.pt").is_file() else latest_checkpoint(path)
@@ -113,8 +141,6 @@ def _sample(args) -> int:
     except (ValueError, TypeError) as error:
         raise CommandError(str(error)) from None
     samples = solution.x.detach().cpu()
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".npy":
         np.save(output, samples.numpy())
     else:

@@ -37,7 +37,8 @@ import torch
 
 import sdekit
 
-from .sde import DiffusionSDE, ScoreFunction
+from .differentiable import check_differentiable
+from .sde import DiffusionSDE, ScoreFunction, batch_time
 
 HUTCHINSON_PROBES = ("rademacher", "gaussian")
 _MAX_ROWS = 8192   # rows (probes x batch) per divergence evaluation before chunking the probes
@@ -139,6 +140,38 @@ def _check_x(x) -> None:
         raise sdekit.NonFiniteError("x contains NaN or infinite values")
 
 
+SCORE_CHECK_ROWS = 16   # samples on which the score's autograd derivative is checked
+
+
+def _check_score_differentiable(sde: DiffusionSDE, score_fn: ScoreFunction, x: torch.Tensor,
+                                t: float) -> None:
+    """Refuse a score autograd cannot differentiate in ``x`` (the divergence needs it), checked on
+    a few noised samples at the middle of ``[t, t_max]`` (three score calls and one backward)."""
+    with torch.inference_mode(False):
+        rows = x[:SCORE_CHECK_ROWS].clone()   # a normal tensor, also under inference_mode
+        generator = torch.Generator(device=x.device).manual_seed(0)
+        t_mid = torch.full((rows.shape[0],), 0.5 * (t + sde.t_max), dtype=x.dtype, device=x.device)
+        mean, std = sde.marginal_prob(rows, t_mid)
+        x_t = mean + std * torch.randn(rows.shape, generator=generator, dtype=x.dtype, device=x.device)
+        v = torch.randn(rows.shape, generator=generator, dtype=x.dtype, device=x.device)
+        w = torch.randn(rows.shape, generator=generator, dtype=x.dtype, device=x.device)
+        try:
+            s = score_fn(batch_time(t_mid, x_t), x_t)
+        except RuntimeError as error:   # typically a shape mismatch inside score_fn
+            raise sdekit.ShapeError(
+                f"score_fn failed on x of shape {tuple(x_t.shape)}: {error}; check that x has the shape "
+                "(batch, *dims) the score was built for") from error
+        if not isinstance(s, torch.Tensor) or s.shape != x_t.shape:
+            raise sdekit.ShapeError(f"score_fn returned {getattr(s, 'shape', type(s).__name__)} for x of "
+                                    f"shape {tuple(x_t.shape)}; expected x's shape")
+        check_differentiable(lambda y: score_fn(batch_time(t_mid, y), y), x_t, name="score_fn",
+                             needed_for="log_likelihood integrates the divergence of the probability-flow "
+                                        "drift, which autograd takes through score_fn",
+                             fix="Build the score from torch operations on x (a network's forward pass is "
+                                 "fine), outside torch.no_grad.",
+                             v=v, w=w, relative_step=1e-4, tolerance=1e-2, max_fraction=0.5)
+
+
 @torch.no_grad()
 def log_likelihood(sde: DiffusionSDE, score_fn: ScoreFunction, x: torch.Tensor, *,
                    exact_trace: bool = False, rtol: float = 1e-5, atol: float = 1e-5,
@@ -172,7 +205,9 @@ def log_likelihood(sde: DiffusionSDE, score_fn: ScoreFunction, x: torch.Tensor, 
 
     Raises:
         sdekit.ShapeError: ``x`` is not ``(batch, *dims)``, or the score fails on it.
-        ValueError: bad ``t_min``, ``hutchinson`` or ``n_probes``.
+        ValueError: bad ``t_min``, ``hutchinson`` or ``n_probes``; a ``score_fn`` that autograd
+            cannot differentiate in ``x`` (under ``torch.no_grad``, detached, computed in numpy):
+            checked against finite differences before the solve.
     """
     _check_x(x)
     if hutchinson not in HUTCHINSON_PROBES:
@@ -191,6 +226,7 @@ def log_likelihood(sde: DiffusionSDE, score_fn: ScoreFunction, x: torch.Tensor, 
         probes, weight = basis[:, None, :].expand(d, batch, d), 1.0
     else:
         probes, weight = _probes(hutchinson, n_probes, x, generator), 1.0 / n_probes
+    _check_score_differentiable(sde, score_fn, x, t_start)
     problem = AugmentedFlow(sde, score_fn, dims, probes, weight)
     state = torch.cat([x.reshape(batch, d), x.new_zeros(batch, 1)], dim=1)
     solution = sdekit.solve(problem, state, t_start, sde.t_max, solver=solver, rtol=rtol,

@@ -35,6 +35,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .differentiable import check_differentiable
+
 TimeFunction = Callable[[torch.Tensor], torch.Tensor]
 
 VALIDATION_POINTS = 2001      # grid on which a schedule is checked when it is built
@@ -329,33 +331,13 @@ def _derivative(fn: TimeFunction, t: torch.Tensor) -> tuple[torch.Tensor, torch.
     return value.detach(), grad
 
 
-def check_differentiable(fn: TimeFunction, name: str, t: torch.Tensor) -> None:
-    r""":class:`ValueError` unless autograd differentiates ``fn`` correctly in ``t``.
-
-    ``fn`` is evaluated on ``t`` (float64); its autograd derivative is compared with central finite
-    differences. A function whose values vary with ``t`` but whose autograd derivative is zero or
-    wrong (``.detach()``, numpy, ``np.interp``, ``torch.no_grad``) is refused: autograd would
-    silently give ``f = 0`` and a wrong SDE."""
-    try:
-        value, grad = _derivative(fn, t)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"{name}(t) could not be differentiated by autograd ({error}); write it "
-                         "with torch operations on the time tensor") from None
-    step = 1e-6 * max(1.0, float(t.abs().max()))
-    with torch.no_grad():
-        finite_difference = (evaluate(fn, t + step) - evaluate(fn, t - step)) / (2 * step)
-    scale = float(finite_difference.abs().max()) + 1e-12 * (1 + float(value.abs().max()))
-    if float((value.max() - value.min()).abs()) <= 1e-12 * (1 + float(value.abs().max())):
-        return  # a constant: derivative 0 is right
-    mismatch = (grad - finite_difference).abs() > 1e-3 * scale
-    if float(mismatch.double().mean()) > 0.05:
-        where = float(t[mismatch][0])
-        raise ValueError(
-            f"{name}(t) changes with t but autograd's derivative disagrees with finite differences "
-            f"(at t = {where:.6g}: autograd {float(grad[mismatch][0]):.6g}, finite difference "
-            f"{float(finite_difference[mismatch][0]):.6g}); {name} must be built from torch "
-            "operations on t that autograd can follow (no .detach(), numpy, np.interp or "
-            "torch.no_grad). For a DDPM table use DiffusionSDE.from_alphas_cumprod")
+def check_time_function(fn: TimeFunction, name: str, t: torch.Tensor) -> None:
+    """:class:`ValueError` unless autograd differentiates ``fn`` (``alpha`` or ``sigma``) correctly
+    in ``t`` (:func:`sdekit_diffusion.differentiable.check_differentiable`): a detached, numpy,
+    ``np.interp`` or ``no_grad`` function would silently give ``f = 0`` and a wrong SDE."""
+    check_differentiable(lambda u: evaluate(fn, u), t, name=f"{name}(t)",
+                         needed_for="f and g^2 of from_marginal are its derivatives in t",
+                         fix="For a DDPM table use DiffusionSDE.from_alphas_cumprod.")
 
 
 class MarginalSchedule(Schedule):
@@ -364,7 +346,7 @@ class MarginalSchedule(Schedule):
     :math:`f = \alpha'/\alpha`, :math:`g^2 = 2\sigma\sigma' - 2 f\sigma^2`.
 
     The functions are checked to be differentiable when the schedule is built
-    (:func:`check_differentiable`). On the CPU, ``f_g2`` at a 0-d time is cached by value (an LRU
+    (:func:`check_time_function`). On the CPU, ``f_g2`` at a 0-d time is cached by value (an LRU
     of :data:`CACHE_SIZE` times), and :meth:`precompute` fills the cache for a whole grid in one
     vectorised autograd pass: a solve on a precomputed grid pays a dictionary look-up instead of
     an autograd graph per drift call (``benchmarks/schedule_overhead.py`` measures it). On other
@@ -382,8 +364,8 @@ class MarginalSchedule(Schedule):
         self._cache: OrderedDict = OrderedDict()
         if check:
             t = torch.linspace(self.t_min, self.t_max, 201, dtype=torch.float64)[1:-1]
-            check_differentiable(alpha, "alpha", t)
-            check_differentiable(sigma, "sigma", t)
+            check_time_function(alpha, "alpha", t)
+            check_time_function(sigma, "sigma", t)
 
     def alpha(self, t):
         return evaluate(self.alpha_fn, t)
@@ -518,7 +500,11 @@ class DiscreteSchedule(VariancePreserving):
     A last :math:`\bar\alpha_{N-1} = 0` (zero terminal SNR, Lin et al. 2024, "Common diffusion
     noise schedules and sample steps are flawed") has :math:`\lambda = -\infty`, where no sampler
     can start; it is replaced by :data:`ZERO_SNR_ALPHA_CUMPROD` :math:`= 2^{-24}` (diffusers'
-    choice in its multistep schedulers) and ``zero_terminal_snr`` is set.
+    choice in its multistep schedulers) and ``zero_terminal_snr`` is set. Where :math:`2^{-24}` is
+    not below :math:`\bar\alpha_{N-2}` (e.g. diffusers' default linear betas rescaled to zero
+    terminal SNR, :math:`\bar\alpha_{N-2} \approx 4\cdot10^{-9}`; diffusers then uses a table whose
+    log-SNR rises at the last timestep) the stand-in is the geometric extrapolation
+    :math:`\bar\alpha_{N-2}^2/\bar\alpha_{N-3}`, so that the log-SNR stays strictly decreasing.
     """
 
     def __init__(self, alphas_cumprod, *, quantize: bool = False):
@@ -535,6 +521,8 @@ class DiscreteSchedule(VariancePreserving):
         if self.zero_terminal_snr:
             table = table.clone()
             table[-1] = ZERO_SNR_ALPHA_CUMPROD
+            if N >= 3 and not bool(table[-1] < table[-2]):
+                table[-1] = table[-2] ** 2 / table[-3]
         if not bool((table[1:] < table[:-1]).all()) or not bool((table[:-1] > 0).all()):
             bad = int(((table[1:] >= table[:-1])).nonzero()[0]) + 1 if bool(
                 (table[1:] >= table[:-1]).any()) else 0
@@ -602,5 +590,5 @@ class DiscreteSchedule(VariancePreserving):
 
 
 __all__ = ["Schedule", "VPSchedule", "SubVPSchedule", "VESchedule", "CosineSchedule",
-           "MarginalSchedule", "LinearSDESchedule", "DiscreteSchedule", "check_differentiable",
+           "MarginalSchedule", "LinearSDESchedule", "DiscreteSchedule", "check_time_function",
            "evaluate"]
