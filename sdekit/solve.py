@@ -9,6 +9,12 @@ motion ``B_s = W(-s)``, which is the reverse-time Itô scheme diffusion samplers
 Fixed-step solves precompute the time grid, take Brownian increments in chunks of
 ``CHUNK`` steps, and look for non-finite states once per chunk (one host sync per chunk, none per
 step); when a chunk ends non-finite it is replayed step by step to name the first bad step.
+
+Adaptive solves (``rtol``/``atol``) run one of two loops — one step size for the batch (stopping
+exactly at ``save_at`` times), or one per sample for SDEs with ``batched_time`` — and both take
+every decision (initial step, accept/reject, next step, a stalled step) from the one
+:class:`sdekit.controller.PIDController`; every attempted step queries the Brownian source over its
+own interval, so a rejected step is retried on the same path.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from typing import Sequence
 import torch
 
 from . import solvers as _solvers
-from .controller import PIController, error_ratio
+from .controller import PIDController
 from .errors import MaxStepsError, NonFiniteError
 from .problems import apply_diffusion, brownian_shape, check_output, diffusion_shape, is_sde
 from .solution import Solution
@@ -26,6 +32,7 @@ from .solvers.base import Increment, Solver
 
 CHUNK = 32
 DEFAULT_MAX_STEPS = 100_000
+DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-6  # when only one of rtol/atol is given
 
 
 class _Prepared:
@@ -175,8 +182,12 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
         solver: a registered name (see :func:`sdekit.solvers.available`) or a solver instance;
             ``solver_options`` go to the solver's constructor when a name is given.
         steps / ts: a fixed grid of ``steps`` equal steps, or the explicit grid ``ts``.
-        rtol, atol: error tolerances for an adaptive solver (``dopri5``, ``adaptive_em``); ``dt0``
-            optionally sets its first step size.
+        rtol, atol: error tolerances for an adaptive solver (``dopri5``, ``adaptive_em``, ``sra3``,
+            ``sosra``, ``shark``), controlled by :class:`sdekit.controller.PIDController`; ``dt0``
+            optionally sets the first step size (otherwise the controller estimates it). An SDE
+            whose problem declares ``batched_time`` (and no ``save_at``) gets one step size per
+            sample. A step size that becomes NaN or collapses raises :class:`sdekit.NonFiniteError`
+            naming the time.
         brownian: a :class:`sdekit.BrownianTree` to replay one Brownian path (needed to compare step
             sizes on the same path); otherwise fixed-step SDE solves draw fresh normals from
             ``generator`` and adaptive SDE solves build a tree seeded from it.
@@ -210,14 +221,13 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
         noise = _noise_source(problem, x0, brownian, generator, solver.needs_levy_area, t0, t1,
                               replayable=adaptive)
     if adaptive:
-        rtol = 1e-3 if rtol is None else rtol
-        atol = 1e-6 if atol is None else atol
-        if rtol < 0 or atol < 0 or rtol + atol <= 0:
-            raise ValueError(f"tolerances must be non-negative and not both zero; got rtol={rtol}, atol={atol}")
-        if sde and prepared.batched_time and save_at is None and hasattr(noise, "increments_per_sample"):
-            return _solve_adaptive_per_sample(prepared, solver, x0, t0, t1, noise, rtol, atol, max_steps, dt0)
-        return _solve_adaptive(prepared, solver, x0, t0, t1, noise, rtol, atol,
-                               _save_times(t0, t1, save_at), max_steps, progress, dt0)
+        per_sample = sde and prepared.batched_time and save_at is None and hasattr(noise, "increments_per_sample")
+        controller = PIDController(DEFAULT_RTOL if rtol is None else rtol, DEFAULT_ATOL if atol is None else atol,
+                                   solver.error_order, per_sample=per_sample)
+        if per_sample:
+            return _solve_adaptive_per_sample(prepared, solver, controller, x0, t0, t1, noise, max_steps, dt0)
+        return _solve_adaptive(prepared, solver, controller, x0, t0, t1, noise, _save_times(t0, t1, save_at),
+                               max_steps, progress, dt0)
     grid, save_mask = _time_grid(t0, t1, steps, ts, save_at, x0)
     return _solve_fixed(prepared, solver, x0, grid, save_mask, noise, progress, save_at is not None)
 
@@ -276,80 +286,89 @@ def _locate_nonfinite(problem, solver, x, state, times, dts, grid, start, stop, 
         "or take smaller steps")
 
 
-def _initial_step(problem, solver, x0, t0s, t1s, rtol, atol, f0):
-    """Hairer, Nørsett & Wanner (1993), §II.4 'starting step size' (one extra drift evaluation)."""
-    scale = atol + rtol * x0.abs()
-    d0 = (x0 / scale).pow(2).mean().sqrt()
-    d1 = (f0 / scale).pow(2).mean().sqrt()
-    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
-    h0 = torch.minimum(h0, (t1s - t0s).abs())
-    f1 = problem.drift(t0s + h0, x0 + h0 * f0)
-    d2 = ((f1 - f0) / scale).pow(2).mean().sqrt() / h0
-    order = solver.error_order + 1 if solver.error_order else 2
-    h1 = torch.where(torch.maximum(d1, d2) <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
-                     (0.01 / torch.maximum(d1, d2)) ** (1.0 / order))
-    return torch.minimum(100 * h0, h1)
+def _raise_stalled(controller: PIDController, t: float, h: float, dt0, sample: int | None = None):
+    """The NonFiniteError of an adaptive solve whose step size is NaN, infinite or collapsed."""
+    where = f"t={t:.6g}" + ("" if sample is None else f" (sample {sample})")
+    raise NonFiniteError(
+        f"the adaptive step size is {h:.3g} at {where}: the solve cannot make progress. The drift or "
+        "diffusion is NaN or infinite there (every smaller step was rejected), or the tolerances or "
+        f"first step are not usable (rtol={controller.rtol}, atol={controller.atol}, dt0={dt0}); check "
+        "the problem at this time")
 
 
-def _solve_adaptive(problem: _Prepared, solver: Solver, x0, t0: float, t1: float, noise, rtol, atol,
-                    save, max_steps, progress, dt0) -> Solution:
+def _raise_max_steps(max_steps: int, where: str, t1: float):
+    raise MaxStepsError(
+        f"adaptive solve used max_steps={max_steps} attempted steps and {where} of t1={t1}; raise "
+        "max_steps, loosen rtol/atol, or check the problem for stiffness or blow-up")
+
+
+def _start(problem: _Prepared, solver: Solver, controller: PIDController, x0, t, t_end, dt0):
+    """The solver's initial state and the controller's first step and memory."""
+    state = solver.init(problem, t, x0)
+    # the noise bound of the first guess needs a diffusion shaped like x (not general noise)
+    diffusion = problem.diffusion if is_sde(problem.problem) and problem.noise_type != "general" else None
+    h, memory = controller.init(t, t_end, x0, drift=problem.drift, dt0=dt0, f0=solver.initial_derivative(state),
+                                diffusion=diffusion)
+    return state, h, memory
+
+
+def _solve_adaptive(problem: _Prepared, solver: Solver, controller: PIDController, x0, t0: float, t1: float,
+                    noise, save, max_steps, progress, dt0) -> Solution:
+    """Adaptive solve with one step size for the whole batch, stopping exactly at ``save`` times.
+
+    Every attempted step queries the Brownian source over its own interval, so a rejected step is
+    retried on the same path (its bridge). One host sync per attempted step.
+    """
     sign = -1.0 if problem.flip else 1.0
     like = dict(dtype=x0.dtype, device=x0.device)
-    t_end = torch.tensor(t1 * sign, **like)
+    span = abs(t1 - t0)
     t = torch.tensor(t0 * sign, **like)
     save_s = [] if save is None else sorted(set((save * sign).tolist()))
     stops = sorted(set([s for s in save_s if s > t0 * sign] + [t1 * sign]))
     save_set = set(save_s)
     saved = [x0] if t0 * sign in save_set else []
-    x, state = x0, solver.init(problem, t, x0)
-    controller = PIController(solver.error_order or 1.0)
-    if dt0 is not None:
-        h = torch.tensor(abs(float(dt0)), **like)
-    elif is_sde(problem.problem):
-        h = (t_end - t) / 100
-    else:
-        f0 = state if state is not None else problem.drift(t, x0)
-        h = _initial_step(problem, solver, x0, t, t_end, rtol, atol, f0)
+    x = x0
+    state, h, memory = _start(problem, solver, controller, x0, t, torch.tensor(t1 * sign, **like), dt0)
+    if bool(controller.stalled(t, h, span)):
+        _raise_stalled(controller, t0, h.item(), dt0)
     accepted_times = [t0]
     n_steps = n_rejected = 0
-    bar = _progress_bar(progress, abs(t1 - t0), "t")
+    bar = _progress_bar(progress, span, "t")
     stop_index = 0
     t_now = t0 * sign
     while stop_index < len(stops):
         if n_steps + n_rejected >= max_steps:
-            raise MaxStepsError(
-                f"adaptive solve used max_steps={max_steps} attempted steps and reached t={sign * t_now:.6g} of "
-                f"t1={t1}; raise max_steps, loosen rtol/atol, or check the problem for stiffness or blow-up")
-        target = stops[stop_index]
-        h_step = torch.minimum(h, torch.tensor(target - t_now, **like))
-        hits_stop = bool(h_step >= target - t_now)
-        t_next = torch.tensor(target, **like) if hits_stop else t + h_step
+            _raise_max_steps(max_steps, f"reached t={sign * t_now:.6g}", t1)
+        target = torch.tensor(stops[stop_index], **like)
+        hits_stop = h >= target - t
+        t_next = torch.where(hits_stop, target, t + h)
         increment = None
         if noise is not None:
             dW, H = noise.increments(torch.stack([t, t_next]) * sign, levy_area=solver.needs_levy_area)
             increment = Increment(t_next - t, dW[0], None if H is None else H[0])
         x_new, error, state_new = solver.step(problem, t, t_next, x, increment, state)
-        ratio = error_ratio(error, x, x_new, rtol, atol)
-        if not torch.isfinite(ratio):
-            ratio = torch.full_like(ratio, 1e10)  # reject and shrink
-            if h_step.item() < 1e-14 * max(1.0, abs(t1 - t0)):
-                raise NonFiniteError(f"the state became NaN or infinite near t={sign * t_now:.6g} and the step "
-                                     "size collapsed; check the drift/diffusion at this time")
-        accepted = ratio <= 1.0
-        if bool(accepted):
-            t, x, state = t_next, x_new, state_new
-            t_previous, t_now = t_now, (target if hits_stop else t.item())
+        ratio = controller.error_ratio(error, x, x_new)
+        accepted, h, memory = controller.adapt_step_size(t_next - t, ratio, memory)
+        t_after = torch.where(accepted, t_next, t)
+        stalled = controller.stalled(t_after, h, span)
+        accepted_flag, hits_flag, stalled_flag, t_after_value, h_value = torch.stack(
+            [accepted.to(h.dtype), hits_stop.to(h.dtype), stalled.to(h.dtype), t_after, h]).tolist()
+        if accepted_flag:
+            t, x, state = t_after, x_new, state_new
+            t_previous = t_now
+            t_now = stops[stop_index] if hits_flag else t_after_value
             n_steps += 1
             accepted_times.append(t_now * sign)
             if bar is not None:
                 bar.update(abs(t_now - t_previous))
-            if hits_stop:
-                if target in save_set:
+            if hits_flag:
+                if stops[stop_index] in save_set:
                     saved.append(x)
                 stop_index += 1
         else:
             n_rejected += 1
-        h = controller.next_step(h_step, ratio, accepted)
+        if stalled_flag and stop_index < len(stops):
+            _raise_stalled(controller, sign * t_after_value, h_value, dt0)
     if bar is not None:
         bar.close()
     grid = torch.tensor(accepted_times, **like)
@@ -361,15 +380,31 @@ def _solve_adaptive(problem: _Prepared, solver: Solver, x0, t0: float, t1: float
     return Solution(x=x, ts=ts, xs=xs, nfe=problem.nfe, n_steps=n_steps, n_rejected=n_rejected, grid=grid)
 
 
-def _solve_adaptive_per_sample(problem: _Prepared, solver: Solver, x0, t0: float, t1: float, noise, rtol, atol,
-                               max_steps, dt0) -> Solution:
+def _select(accepted: torch.Tensor, new, old):
+    """Per sample, ``new`` where ``accepted`` else ``old``, through tensors (batch first), tuples,
+    lists and dicts of them; anything else must not differ between the two."""
+    if isinstance(new, torch.Tensor):
+        return torch.where(accepted.reshape(-1, *([1] * (new.dim() - 1))), new, old)
+    if isinstance(new, (tuple, list)):
+        return type(new)(_select(accepted, a, b) for a, b in zip(new, old))
+    if isinstance(new, dict):
+        return {key: _select(accepted, new[key], old[key]) for key in new}
+    if new is not old and new != old:
+        raise TypeError(f"a per-sample adaptive solve keeps the solver state per sample; a state of type "
+                        f"{type(new).__name__} cannot be selected per sample (use tensors with the batch first)")
+    return new
+
+
+def _solve_adaptive_per_sample(problem: _Prepared, solver: Solver, controller: PIDController, x0, t0: float,
+                               t1: float, noise, max_steps, dt0) -> Solution:
     """Adaptive SDE solve with one time and one step size per sample (``problem.batched_time``).
 
     Every iteration steps all samples at once, each over its own ``[t_b, t_b + h_b]`` with its own
     Brownian increment (``noise.increments_per_sample``, the same path as a shared-step solve), and
-    accepts or rejects per sample. Samples that have reached ``t1`` idle (their step is computed over
-    a dummy interval and discarded). ``n_steps``/``n_rejected`` are the largest per-sample counts;
-    ``nfe`` counts batched evaluations.
+    accepts or rejects per sample; a sample's solver state advances only when its step is accepted.
+    Samples that have reached ``t1`` idle (their step is computed over a dummy interval and
+    discarded). ``n_steps``/``n_rejected`` are the largest per-sample counts; ``nfe`` counts batched
+    evaluations. One host sync per iteration.
     """
     sign = -1.0 if problem.flip else 1.0
     like = dict(dtype=x0.dtype, device=x0.device)
@@ -377,19 +412,23 @@ def _solve_adaptive_per_sample(problem: _Prepared, solver: Solver, x0, t0: float
     t_end = torch.full((batch,), t1 * sign, **like)
     t = torch.full((batch,), t0 * sign, **like)
     span = abs(t1 - t0)
-    h = torch.full((batch,), abs(float(dt0)) if dt0 is not None else span / 100, **like)
-    x, state = x0, solver.init(problem, t, x0)
-    controller = PIController(solver.error_order or 1.0)
+    x = x0
+    state, h, memory = _start(problem, solver, controller, x0, t, t_end, dt0)
     accepted_count = torch.zeros(batch, dtype=torch.int64, device=x0.device)
     rejected_count = torch.zeros_like(accepted_count)
     done = torch.zeros(batch, dtype=torch.bool, device=x0.device)
     trailing = (batch, *([1] * (x0.dim() - 1)))
+    stalled = controller.stalled(t, h, span)
     iterations = 0
-    while not bool(done.all()):
+    while True:
+        finished, any_stalled = torch.stack([done.all(), stalled.any()]).tolist()
+        if any_stalled:
+            sample = int(stalled.nonzero()[0, 0])
+            _raise_stalled(controller, sign * t[sample].item(), h[sample].item(), dt0, sample)
+        if finished:
+            break
         if iterations >= max_steps:
-            raise MaxStepsError(
-                f"adaptive solve used max_steps={max_steps} attempted steps and {int((~done).sum())} of {batch} "
-                f"samples have not reached t1={t1}; raise max_steps, loosen rtol/atol, or check the problem")
+            _raise_max_steps(max_steps, f"{int((~done).sum())} of {batch} samples have not reached t1", t1)
         iterations += 1
         remaining = t_end - t
         hits_end = h >= remaining
@@ -401,20 +440,19 @@ def _solve_adaptive_per_sample(problem: _Prepared, solver: Solver, x0, t0: float
         dW, H = noise.increments_per_sample(t_start * sign, t_next * sign)
         increment = Increment((t_next - t_start).reshape(trailing), dW, H if solver.needs_levy_area else None)
         x_new, error, state_new = solver.step(problem, t_start, t_next, x, increment, state)
-        ratio = error_ratio(error, x, x_new, rtol, atol, per_sample=True)
-        ratio = torch.where(torch.isfinite(ratio), ratio, torch.full_like(ratio, 1e10))
-        accepted = (ratio <= 1.0) & ~done
-        if bool((~accepted & ~done & (h_step < 1e-14 * max(1.0, span))).any()):
-            raise NonFiniteError(f"the step size collapsed below {1e-14 * max(1.0, span):.3g} for some samples; "
-                                 "check the drift/diffusion for NaN or blow-up")
+        ratio = controller.error_ratio(error, x, x_new)
+        accepted, h_new, memory_new = controller.adapt_step_size(t_next - t_start, ratio, memory)
+        accepted = accepted & ~done
         x = torch.where(accepted.reshape(trailing), x_new, x)
         t = torch.where(accepted, t_next, t)
-        if state_new is not None:
-            state = state_new  # per-sample solvers here keep no state between steps
+        state = _select(accepted, state_new, state)
         accepted_count += accepted
         rejected_count += ~accepted & ~done
         done = done | (accepted & hits_end)
-        h = torch.where(done, h, controller.next_step(h_step, ratio, accepted | done))
+        active = ~done
+        h = torch.where(active, h_new, h)
+        memory = type(memory)(*(torch.where(active, new, old) for new, old in zip(memory_new, memory)))
+        stalled = active & controller.stalled(t, h, span)
     ts = torch.tensor([t0, t1], **like)
     return Solution(x=x, ts=ts, xs=None, nfe=problem.nfe, n_steps=int(accepted_count.max()),
                     n_rejected=int(rejected_count.max()), grid=None)

@@ -166,43 +166,67 @@ class ScalarNoiseLinear(GeometricBrownianMotion):
 class _AdditiveRN(SDE):
     noise_type = "additive"
 
-    def __init__(self, alpha: torch.Tensor, beta: torch.Tensor):
-        self.alpha, self.beta = alpha, beta
+    def __init__(self, alpha: torch.Tensor, beta: torch.Tensor, shift: float = 1.0, batched_time: bool = False):
+        self.alpha, self.beta, self.shift, self.batched_time = alpha, beta, shift, batched_time
+
+    def _clock(self, t, x):
+        """``shift + t``, one time per sample broadcast over the state when ``t`` is ``(batch,)``."""
+        return self.shift + (t.reshape(-1, *([1] * (x.dim() - 1))) if t.dim() else t)
 
     def drift(self, t, x):
-        return self.beta.to(x) / torch.sqrt(1 + t) - x / (2 * (1 + t))
+        clock = self._clock(t, x)
+        return self.beta.to(x) / torch.sqrt(clock) - x / (2 * clock)
 
     def diffusion(self, t, x):
-        return (self.alpha * self.beta).to(x) / torch.sqrt(1 + t) * torch.ones_like(x)
+        return (self.alpha * self.beta).to(x) / torch.sqrt(self._clock(t, x)) * torch.ones_like(x)
 
 
 class AdditiveNoise(BenchProblem):
-    r"""Rackauckas & Nie (2017) additive-noise system (DiffEqProblemLibrary ``prob_sde_additivesystem``):
+    r"""Rackauckas & Nie (2017) additive-noise system (DiffEqProblemLibrary ``prob_sde_additivesystem``),
+    with the clock :math:`1 + t` generalised to :math:`s + t` (``shift`` :math:`s`, 1 in the original):
 
-    .. math:: dx = \Bigl(\frac{\beta}{\sqrt{1+t}} - \frac{x}{2(1+t)}\Bigr) dt + \frac{\alpha\beta}{\sqrt{1+t}} dW,
-              \qquad x_t = \frac{x_0}{\sqrt{1+t}} + \frac{\beta (t + \alpha W_t)}{\sqrt{1+t}},
+    .. math:: dx = \Bigl(\frac{\beta}{\sqrt{s+t}} - \frac{x}{2(s+t)}\Bigr) dt + \frac{\alpha\beta}{\sqrt{s+t}} dW,
+              \qquad x_t = \frac{\sqrt s\, x_0 + \beta (t + \alpha W_t)}{\sqrt{s+t}}
 
-    with :math:`\alpha = 0.1`, :math:`\beta = (0.5, 0.25, 0.125, 0.1115)`, :math:`x_0 = 1`. SRA1 is
-    strong order 1.5, Euler–Maruyama 1.0 on it."""
+    (:math:`d(\sqrt{s+t}\, x) = \beta\, dt + \alpha\beta\, dW`), with :math:`\alpha = 0.1`,
+    :math:`\beta = (0.5, 0.25, 0.125, 0.1115)`, :math:`x_0 = 1`. SRA1 is strong order 1.5,
+    Euler–Maruyama 1.0 on it. A small ``shift`` makes drift and noise vary on the time scale
+    :math:`s` near :math:`t = 0` (where adaptive steps pay); ``batched_time=True`` accepts one
+    time per sample (per-sample adaptive steps)."""
 
     name = "rn_additive"
     description = "Rackauckas-Nie 2017 additive noise, 4-d, exact x0/sqrt(1+t) + b(t + a W)/sqrt(1+t)"
     solvers = ("euler_maruyama", "sra1")
 
     def __init__(self, alpha: float = 0.1, beta=(0.5, 0.25, 0.125, 0.1115), x0=(1.0, 1.0, 1.0, 1.0),
-                 t1: float = 1.0):
-        self.t1 = t1
+                 t1: float = 1.0, shift: float = 1.0, batched_time: bool = False):
+        if not shift > 0:
+            raise ValueError(f"shift must be positive (the clock shift + t must stay positive), got {shift}")
+        self.t1, self.shift = t1, float(shift)
         self.alpha = torch.full((len(beta),), alpha, dtype=torch.float64)
         self.beta = torch.tensor(beta, dtype=torch.float64)
         self.x0 = torch.tensor(x0, dtype=torch.float64)
-        self.problem = _AdditiveRN(self.alpha, self.beta)
+        self.problem = _AdditiveRN(self.alpha, self.beta, self.shift, batched_time)
 
     def exact(self, t1, bm=None, x0=None):
         W = brownian_increment(bm, self.t0, t1)
         x0 = _default_x0(self, x0, W)
         # the formula is for t0 = 0
-        root = math.sqrt(1 + t1)
-        return x0 / root + self.beta.to(W) * (t1 + self.alpha.to(W) * W) / root
+        noise_free = math.sqrt(self.shift) * x0 + self.beta.to(W) * t1
+        return (noise_free + (self.alpha * self.beta).to(W) * W) / math.sqrt(self.shift + t1)
+
+
+class AdditiveTransient(AdditiveNoise):
+    r""":class:`AdditiveNoise` with ``shift = 0.01`` and :math:`\alpha = 1`: drift and noise change on
+    the time scale 0.01 at :math:`t = 0` and on the scale 1 at :math:`t = 1`, so adaptive steps pay.
+    Exact solution as for :class:`AdditiveNoise`."""
+
+    name = "additive_transient"
+    description = "additive noise with a transient: Rackauckas-Nie system, clock 0.01 + t, alpha = 1, 4-d, exact"
+    solvers = ("euler_maruyama", "sra1", "sra3", "sosra", "shark")
+
+    def __init__(self, batched_time: bool = False):
+        super().__init__(alpha=1.0, shift=0.01, batched_time=batched_time)
 
 
 # --- Ornstein–Uhlenbeck (weak only) --------------------------------------------------------------
@@ -356,6 +380,6 @@ def get_problem(name: str | BenchProblem) -> BenchProblem:
     return problem
 
 
-for _cls in (GeometricBrownianMotion, ScalarNoiseLinear, AdditiveNoise, OrnsteinUhlenbeck, LinearSystem,
-             VanDerPol):
+for _cls in (GeometricBrownianMotion, ScalarNoiseLinear, AdditiveNoise, AdditiveTransient, OrnsteinUhlenbeck,
+             LinearSystem, VanDerPol):
     register_problem(_cls.name, _cls)

@@ -6,6 +6,10 @@ from .base import Increment, Solver
 from .euler_maruyama import EulerMaruyama
 from .milstein import Milstein
 from .sra1 import SRA1
+from .additive_srk import AdditiveSRK, AdditiveSRKTableau
+from .sra3 import SRA3
+from .sosra import SOSRA
+from .shark import ShARK
 from .adaptive_em import AdaptiveEulerMaruyama
 from .pc import PredictorCorrector
 from .runge_kutta import RK4, ButcherTableau, Dopri5, Euler, ExplicitRungeKutta, Heun, Midpoint
@@ -42,9 +46,9 @@ def available(kind: str | None = None) -> list[dict]:
     return [r for r in rows if kind is None or r["kind"] == kind]
 
 
-for _cls in (Euler, Midpoint, Heun, RK4, Dopri5, EulerMaruyama, Milstein, SRA1, AdaptiveEulerMaruyama,
-             PredictorCorrector):
+for _cls in (Euler, Midpoint, Heun, RK4, Dopri5, EulerMaruyama, Milstein, SRA1, SRA3, SOSRA, ShARK,
+             AdaptiveEulerMaruyama, PredictorCorrector):
     register(_cls)
 
-__all__ = ["Solver", "Increment", "ButcherTableau", "ExplicitRungeKutta", "available", "get",
-           "register"]
+__all__ = ["Solver", "Increment", "ButcherTableau", "ExplicitRungeKutta", "AdditiveSRK", "AdditiveSRKTableau",
+           "available", "get", "register"]

@@ -11,7 +11,9 @@ controller. Subclasses declare what they can do (``kind``, orders, ``noise_types
 is ``None`` for an ODE and an :class:`Increment` for an SDE. ``error`` is an estimate of the local
 error (a tensor shaped like ``x1``) for adaptive solvers and ``None`` otherwise. ``state`` carries
 what a method keeps between steps (FSAL derivatives, multistep history); ``init`` creates it.
-A step must be a pure function of its arguments: rejected adaptive steps are simply retried.
+A step must be a pure function of its arguments: rejected adaptive steps are simply retried (with
+the state of the step's start). Under per-sample steps every tensor in the state has the batch
+first, and a sample's state advances only when its step is accepted.
 """
 from __future__ import annotations
 
@@ -75,6 +77,11 @@ class Solver:
 
     def init(self, problem, t0: torch.Tensor, x0: torch.Tensor) -> Any:
         """The state carried into the first step (``None`` unless the method keeps some)."""
+        return None
+
+    def initial_derivative(self, state: Any) -> torch.Tensor | None:
+        """``f(t0, x0)`` when the state ``init`` returned carries it (a first-same-as-last method),
+        so that the controller's initial step reuses it; ``None`` otherwise."""
         return None
 
     def step(self, problem, t0: torch.Tensor, t1: torch.Tensor, x0: torch.Tensor,

@@ -44,6 +44,9 @@ class ExplicitRungeKutta(Solver):
     def init(self, problem, t0, x0):
         return problem.drift(t0, x0) if self.tableau.fsal else None
 
+    def initial_derivative(self, state):
+        return state if self.tableau.fsal else None
+
     def step(self, problem, t0, t1, x0, increment, state):
         tab = self.tableau
         h = t1 - t0

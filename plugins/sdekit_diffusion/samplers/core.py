@@ -74,7 +74,7 @@ def run_core(ctx: Context, x: torch.Tensor, ts: torch.Tensor, *, name: str,
         if is_sde:
             from sdekit.brownian import BrownianTree
             brownian = BrownianTree(min(t0, t1), max(t0, t1), tuple(x.shape), seed=ctx.seed + 1,
-                                    dtype=x.dtype, device=x.device)
+                                    sample_offset=ctx.sample_offset, dtype=x.dtype, device=x.device)
         return sdekit.solve(problem, x, t0, t1, solver=name, rtol=default if rtol is None else rtol,
                             atol=default if atol is None else atol, brownian=brownian,
                             progress=ctx.progress, **solver_options)
