@@ -1,11 +1,25 @@
-"""Time to produce the Brownian increments of a 1000-step solve at state shape (64, 2).
+"""Time per step of the Brownian increments of a fixed grid, for each noise source.
 
-Compares sdekit's noise sources, queried the way ``sdekit.solve`` queries them (one
-``increments`` call per chunk of 32 steps), with torchsde's ``BrownianInterval`` queried once per
-step (as ``torchsde.sdeint`` does). Each figure is the best of ``--repeats`` runs, each run on a
-fresh source (so no cache is reused between runs).
+For each case (a state shape and a number of steps on [0, 1]) the grid is queried two ways:
 
-    python benchmarks/brownian_speed.py [--steps 1000] [--chunk 32] [--repeats 5] [--json out.json]
+* **whole grid** -- one ``increments`` call with all ``k + 1`` times (a fixed-grid query; the
+  tree shares the nodes of the whole grid);
+* **chunks** -- one call per chunk of ``--chunk`` steps, as ``sdekit.solve`` queries a source.
+
+Sources: sdekit's ``BrownianTree`` (with and without the Lévy area), ``GeneratorNoise`` and
+``PerSampleNoise``, and torchsde's ``BrownianInterval`` queried once per step (as
+``torchsde.sdeint`` does). The tree's cost per step is set by the grid: on a dyadic grid of 2**j
+steps its points need the top j levels only (about one tree node per step for a whole-grid query),
+on other grids every point needs all ``depth`` levels (see ``BrownianTree``'s docstring). The
+default cases hold one dyadic and one non-dyadic grid per shape.
+
+Each figure is the best of ``--repeats`` runs, each on a fresh source (no state is reused).
+Target (issue 11): ``BrownianTree.increments`` over a fixed grid <= 3x ``GeneratorNoise`` per step
+at (64, 2) and at (64, 3, 32, 32).
+
+    python benchmarks/brownian_speed.py [--cases 64x2:1024 64x2:1000 64x3x32x32:64 64x3x32x32:50]
+        [--chunk 32] [--repeats 5] [--dtype float64] [--clock wall|cpu] [--json out.json]
+        [--plot out.png]
 """
 from __future__ import annotations
 
@@ -17,21 +31,38 @@ import torch
 
 from sdekit.brownian import BrownianTree, GeneratorNoise, PerSampleNoise
 
+DEFAULT_CASES = ["64x2:1024", "64x2:1000", "64x3x32x32:64", "64x3x32x32:50"]
+TARGET = 3.0
 
-def best_time(make_source, run, repeats: int) -> float:
-    """Best wall time (seconds) of ``run(source)`` over fresh sources."""
-    run(make_source())  # warm-up
+
+def parse_case(text: str) -> tuple[tuple[int, ...], int]:
+    """``"64x3x32x32:64"`` -> ((64, 3, 32, 32), 64)."""
+    shape, _, steps = text.partition(":")
+    try:
+        return tuple(int(n) for n in shape.split("x")), int(steps)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a case is SHAPE:STEPS such as 64x2:1000, got {text!r}") from None
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def best_time(make_source, run, repeats: int, clock=time.perf_counter) -> float:
+    """Best time (seconds, on ``clock``) of ``run(source)`` over fresh sources, after one warm-up."""
+    run(make_source())
     times = []
     for _ in range(repeats):
         source = make_source()
-        start = time.perf_counter()
+        start = clock()
         run(source)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return min(times)
 
 
-def chunked(ts: torch.Tensor, chunk: int, levy_area: bool = False):
+def queries(ts: torch.Tensor, chunk: int | None, levy_area: bool = False):
+    """Query all of ``ts``, in one call (``chunk=None``) or in chunks of ``chunk`` steps."""
     steps = ts.shape[0] - 1
+    chunk = steps if chunk is None else chunk
 
     def run(source):
         for start in range(0, steps, chunk):
@@ -39,29 +70,26 @@ def chunked(ts: torch.Tensor, chunk: int, levy_area: bool = False):
     return run
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--chunk", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
-    parser.add_argument("--json", default=None, help="write the results to this JSON file")
-    args = parser.parse_args(argv)
-
-    shape, dtype = (64, 2), getattr(torch, args.dtype)
-    ts = torch.linspace(0.0, 1.0, args.steps + 1, dtype=torch.float64)
+def measure_case(shape, steps, chunk, repeats, dtype, clock=time.perf_counter) -> dict[str, float]:
+    """Seconds per step of every source on one case."""
+    ts = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     rows: dict[str, float] = {}
-    rows["BrownianTree.increments (chunks)"] = best_time(
-        lambda: BrownianTree(0.0, 1.0, shape, seed=0, dtype=dtype), chunked(ts, args.chunk),
-        args.repeats)
-    rows["BrownianTree.increments + Levy area"] = best_time(
-        lambda: BrownianTree(0.0, 1.0, shape, seed=0, dtype=dtype),
-        chunked(ts, args.chunk, levy_area=True), args.repeats)
-    rows["GeneratorNoise (chunks)"] = best_time(
-        lambda: GeneratorNoise(shape, torch.Generator().manual_seed(0), dtype=dtype),
-        chunked(ts, args.chunk), args.repeats)
-    rows["PerSampleNoise (chunks)"] = best_time(
-        lambda: PerSampleNoise(shape, seed=0, dtype=dtype), chunked(ts, args.chunk), args.repeats)
+
+    def tree():
+        return BrownianTree(0.0, 1.0, shape, seed=0, dtype=dtype)
+
+    def generator():
+        return GeneratorNoise(shape, torch.Generator().manual_seed(0), dtype=dtype)
+
+    for label, query_chunk in (("whole grid", None), (f"chunks of {chunk}", chunk)):
+        rows[f"BrownianTree, {label}"] = best_time(tree, queries(ts, query_chunk), repeats, clock)
+        rows[f"BrownianTree + Levy area, {label}"] = best_time(
+            tree, queries(ts, query_chunk, levy_area=True), repeats, clock)
+        rows[f"GeneratorNoise, {label}"] = best_time(generator, queries(ts, query_chunk), repeats, clock)
+        rows[f"GeneratorNoise + Levy area, {label}"] = best_time(
+            generator, queries(ts, query_chunk, levy_area=True), repeats, clock)
+    rows[f"PerSampleNoise, chunks of {chunk}"] = best_time(
+        lambda: PerSampleNoise(shape, seed=0, dtype=dtype), queries(ts, chunk), repeats, clock)
     try:
         import torchsde
     except ImportError:  # pragma: no cover - torchsde is a core dependency
@@ -70,25 +98,86 @@ def main(argv=None) -> dict:
         times = ts.tolist()
 
         def per_step(source):
-            for i in range(args.steps):
+            for i in range(steps):
                 source(times[i], times[i + 1])
-        rows["torchsde.BrownianInterval (per step)"] = best_time(
+        rows["torchsde.BrownianInterval, per step"] = best_time(
             lambda: torchsde.BrownianInterval(t0=0.0, t1=1.0, size=shape, dtype=dtype, entropy=0),
-            per_step, args.repeats)
+            per_step, repeats, clock)
+    return {name: seconds / steps for name, seconds in rows.items()}
 
-    print(f"Brownian increments for {args.steps} steps, shape {shape}, {args.dtype}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads (best of {args.repeats})")
-    reference = rows.get("torchsde.BrownianInterval (per step)")
-    print(f"{'source':40s} {'total ms':>10s} {'us/step':>9s} {'torchsde / this':>16s}")
-    for name, seconds in rows.items():
-        ratio = f"{reference / seconds:16.1f}" if reference else f"{'-':>16s}"
-        print(f"{name:40s} {seconds * 1e3:10.2f} {seconds / args.steps * 1e6:9.1f} {ratio}")
-    result = {"steps": args.steps, "shape": list(shape), "dtype": args.dtype,
-              "threads": torch.get_num_threads(), "seconds": rows}
+
+def ratios(per_step: dict[str, float], chunk: int) -> dict[str, float]:
+    """Tree / GeneratorNoise per step (the target's ratio) and torchsde / tree."""
+    out = {}
+    for label in ("whole grid", f"chunks of {chunk}"):
+        out[f"tree / generator, {label}"] = (per_step[f"BrownianTree, {label}"]
+                                             / per_step[f"GeneratorNoise, {label}"])
+        out[f"tree / generator with Levy area, {label}"] = (
+            per_step[f"BrownianTree + Levy area, {label}"]
+            / per_step[f"GeneratorNoise + Levy area, {label}"])
+    torchsde_row = per_step.get("torchsde.BrownianInterval, per step")
+    if torchsde_row is not None:
+        out["torchsde / tree (chunks)"] = torchsde_row / per_step[f"BrownianTree, chunks of {chunk}"]
+        out["torchsde / tree (whole grid)"] = torchsde_row / per_step["BrownianTree, whole grid"]
+    return out
+
+
+def plot(results: list[dict], path: str) -> None:
+    """Bars of microseconds per step, one panel per case (log scale)."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.8 * len(results), 4.8), squeeze=False)
+    for axis, result in zip(axes[0], results):
+        names = list(result["us_per_step"])
+        axis.barh(range(len(names)), [result["us_per_step"][n] for n in names])
+        axis.set_yticks(range(len(names)), names, fontsize=7)
+        axis.set_xscale("log")
+        axis.set_xlabel("us per step")
+        axis.set_title(f"{tuple(result['shape'])}, {result['steps']} steps", fontsize=9)
+        axis.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", type=parse_case, default=[parse_case(c) for c in DEFAULT_CASES],
+                        help="SHAPE:STEPS, e.g. 64x2:1000 (default: %(default)s)")
+    parser.add_argument("--chunk", type=int, default=32, help="steps per call, as sdekit.solve")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or the CPU time of this thread (steadier on a shared machine)")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    parser.add_argument("--plot", default=None, help="write a bar chart to this file (needs matplotlib)")
+    args = parser.parse_args(argv)
+
+    dtype = getattr(torch, args.dtype)
+    print(f"Brownian increments on [0, 1], {args.dtype}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {args.clock} clock (best of {args.repeats})")
+    results = []
+    for shape, steps in args.cases:
+        per_step = measure_case(shape, steps, args.chunk, args.repeats, dtype, CLOCKS[args.clock])
+        ratio = ratios(per_step, args.chunk)
+        print(f"\nshape {shape}, {steps} steps{' (dyadic)' if steps & (steps - 1) == 0 else ''}")
+        print(f"{'source':44s} {'us/step':>10s}")
+        for name, seconds in per_step.items():
+            print(f"{name:44s} {seconds * 1e6:10.1f}")
+        for name, value in ratio.items():
+            verdict = "" if not name.startswith("tree / generator") else (
+                "  (target <= 3x: met)" if value <= TARGET else "  (target <= 3x: missed)")
+            print(f"{name:44s} {value:10.2f}{verdict}")
+        results.append({"shape": list(shape), "steps": steps, "dtype": args.dtype, "clock": args.clock,
+                        "threads": torch.get_num_threads(),
+                        "us_per_step": {k: v * 1e6 for k, v in per_step.items()}, "ratios": ratio})
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
-    return result
+            json.dump(results, handle, indent=2)
+    if args.plot:
+        plot(results, args.plot)
+    return results
 
 
 if __name__ == "__main__":

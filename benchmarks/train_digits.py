@@ -3,6 +3,19 @@
     python benchmarks/train_digits.py --budget 600 --output runs/digits --json runs/digits.json
     python benchmarks/train_digits.py --checkpoint runs/digits/model.pt   # score a trained model again
 
+Improved DDPM (Nichol & Dhariwal 2021) on a discrete table, 8-bit digits:
+
+    python benchmarks/train_digits.py --table cosine --loss hybrid --learn-variance --budget 300 --output runs/hybrid
+    python benchmarks/train_digits.py --checkpoint runs/hybrid/model.pt --solvers "" --vlb-samples 128 --respaced 25,50
+
+``--table linear|cosine`` trains on the DDPM chain of ``--timesteps`` steps (``DiffusionSDE.from_betas``;
+the U-Net then sees the timestep, scaled by ``1/timesteps``) with the digits rounded to 8 bits;
+``--loss simple|hybrid|vlb`` picks the objective (``dsm``, the default, is continuous-time denoising
+score matching on the VP SDE). ``--vlb-samples K`` reports the discrete variational bound
+(``skd.vlb_bits_per_dim``, every term) on ``K`` held-out digits for each variance the model offers
+(learned; beta~; beta); ``--respaced 25,50`` samples the respaced chains of those many steps with
+``ancestral`` and each variance, and scores them like the other samplers.
+
 Scores come from an MLP classifier trained on the real training digits (its test accuracy is reported):
 the mean top-class confidence on samples, the entropy of the predicted-class histogram (log 10 = 2.303
 for perfectly balanced classes), a "digits score" exp(E_x KL(p(y|x) || p(y))) (the Inception score of
@@ -27,9 +40,11 @@ import torch
 from scipy import linalg
 
 import sdekit_diffusion as skd
+from sdekit_diffusion.chain import DiscreteChain, respaced_timesteps
 from sdekit_diffusion.data import digits_with_labels
 from sdekit_diffusion.nets import UNet
 from sdekit_diffusion.training import Trainer, plot_samples
+from sdekit_diffusion.vlb import quantize
 
 
 class Classifier(torch.nn.Module):
@@ -87,6 +102,10 @@ def _parse_sampler(entry: str) -> tuple[str, int, str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=600, help="training wall-clock budget in seconds (default: %(default)s)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="what --budget counts: wall-clock seconds, or this process's CPU seconds (equal work on "
+                             "a machine shared with other jobs; with --threads 1 about the wall time alone) "
+                             "(default: %(default)s)")
     parser.add_argument("--max-steps", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--base", type=int, default=32, help="U-Net base channels")
@@ -97,11 +116,27 @@ def main(argv=None) -> int:
                         "euler_maruyama:200:uniform",
                         help="samplers to score, name:steps[:time grid], comma-separated (default: %(default)s)")
     parser.add_argument("--checkpoint", default=None, help="score this trained model (model.pt) instead of training")
+    parser.add_argument("--loss", choices=("dsm", "simple", "hybrid", "vlb"), default="dsm",
+                        help="training objective (default: %(default)s; simple/hybrid/vlb need --table)")
+    parser.add_argument("--learn-variance", action="store_true", help="the U-Net also outputs the reverse variance")
+    parser.add_argument("--table", choices=("linear", "cosine"), default=None,
+                        help="train on this DDPM table of --timesteps steps, the digits rounded to 8 bits "
+                             "(default: the continuous VP SDE)")
+    parser.add_argument("--timesteps", type=int, default=1000, help="steps of --table (default: %(default)s)")
+    parser.add_argument("--vlb-samples", type=int, default=0,
+                        help="report the variational bound (bits/dim) on this many held-out digits (0: no)")
+    parser.add_argument("--respaced", default="",
+                        help="comma-separated step counts: ancestral sampling on respaced chains, every variance")
+    parser.add_argument("--clip-denoised", action="store_true",
+                        help="clamp the data prediction to [-1, 1] in --respaced sampling and --vlb-samples "
+                             "(improved-diffusion's default for both)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU")
     parser.add_argument("--output", default="runs/digits", help="folder for checkpoints and the sample grid")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sample-seed", type=int, default=None,
+                        help="seed of the --respaced samples (default: --seed, which also splits the digits)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     images, labels = digits_with_labels()
@@ -113,23 +148,49 @@ def main(argv=None) -> int:
         accuracy = (classifier(images[held_out]).argmax(1) == labels[held_out]).float().mean().item()
         reference = classifier.hidden(images[held_out]).numpy().astype(np.float64)
 
-    samplers = [_parse_sampler(entry) for entry in args.solvers.split(",")]
+    samplers = [_parse_sampler(entry) for entry in args.solvers.split(",") if entry.strip()]
+    respaced = [int(entry) for entry in args.respaced.split(",") if entry.strip()]
     output = Path(args.output)
     if args.checkpoint:
-        trainer, train_seconds = Trainer.load(args.checkpoint, device=args.device), 0.0
+        trainer, train_seconds, train_wall_seconds = Trainer.load(args.checkpoint, device=args.device), 0.0, 0.0
     else:
         torch.manual_seed(args.seed)
-        net = UNet(1, base=args.base, channel_mults=(1, 2), attention_resolutions=(4,))
-        trainer = Trainer(net, skd.VPSDE(), lr=args.lr, ema_decay=args.ema_decay, device=args.device,
+        if args.table is None:
+            sde, time_scale, data = skd.VPSDE(), 1.0, images[train]
+        else:
+            betas = (skd.VPSDE() if args.table == "linear" else skd.CosineVPSDE()).ddpm_betas(args.timesteps)
+            sde, time_scale, data = skd.DiffusionSDE.from_betas(betas), 1.0 / args.timesteps, quantize(images[train], 8)
+        net = UNet(1, base=args.base, channel_mults=(1, 2), attention_resolutions=(4,), image_size=8,
+                   learn_variance=args.learn_variance, time_scale=time_scale)
+        trainer = Trainer(net, sde, loss=args.loss, lr=args.lr, ema_decay=args.ema_decay, device=args.device,
                           checkpoint_dir=output, checkpoint_every=500, seed=args.seed, progress=False)
-        start = time.perf_counter()
-        while trainer.step < args.max_steps and time.perf_counter() - start < args.budget:
-            trainer.fit(images[train], steps=min(args.max_steps, trainer.step + 50), batch_size=args.batch_size)
-        train_seconds = time.perf_counter() - start
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        start, wall_start = clock(), time.perf_counter()
+        while trainer.step < args.max_steps and clock() - start < args.budget:
+            trainer.fit(data, steps=min(args.max_steps, trainer.step + 50), batch_size=args.batch_size)
+        train_seconds, train_wall_seconds = clock() - start, time.perf_counter() - wall_start
         trainer.save(output / "model.pt")
     parameters = sum(p.numel() for p in trainer.net.parameters())
-    print(f"U-Net: {parameters:,} parameters, {trainer.step} steps (batch {args.batch_size}) in {train_seconds:.0f} s "
-          f"on {trainer.device}; final loss {np.mean(trainer.losses[-100:]):.4f}; classifier test accuracy {accuracy:.3f}")
+    print(f"U-Net: {parameters:,} parameters, {trainer.step} steps (batch {args.batch_size}, loss {trainer.loss_kind}"
+          f"{', learned variance' if trainer.learn_variance else ''}) in {train_seconds:.0f} {args.clock} s "
+          f"({train_wall_seconds:.0f} s wall) on {trainer.device}; "
+          f"final loss {np.mean(trainer.losses[-100:]):.4f}; classifier test accuracy {accuracy:.3f}")
+    variances = (["learned"] if trainer.learn_variance else []) + ["beta_tilde", "beta"]
+    bounds = {}
+    if args.vlb_samples:
+        held_out_8bit = quantize(images[held_out][:args.vlb_samples], 8).to(trainer.device, trainer.dtype)
+        for variance in variances:
+            start = time.perf_counter()
+            bits = skd.vlb_bits_per_dim(trainer.sde, trainer.ema, held_out_8bit, prediction=trainer.prediction,
+                                        variance=variance, clip_denoised=args.clip_denoised,
+                                        generator=torch.Generator(trainer.device).manual_seed(args.seed))
+            bounds[variance] = {"bits_per_dim": bits.mean().item(),
+                                "standard_error": bits.std().item() / math.sqrt(len(bits)),
+                                "seconds": time.perf_counter() - start}
+            print(f"VLB, variance {variance}{', clipped x0' if args.clip_denoised else ''}: "
+                  f"{bounds[variance]['bits_per_dim']:.3f} ± "
+                  f"{bounds[variance]['standard_error']:.3f} bits/dim on {len(bits)} held-out 8-bit digits "
+                  f"({bounds[variance]['seconds']:.0f} s)")
 
     noise = trainer.sde.prior_sample((args.samples, 1, 8, 8), generator=torch.Generator().manual_seed(1))
     rows = {"held-out real": scores(classifier, images[held_out][:args.samples], reference)}
@@ -144,6 +205,22 @@ def main(argv=None) -> int:
         rows[label] = dict(scores(classifier, generated, reference), nfe=solution.nfe, seconds=seconds)
         grid_path = output / f"samples_{name}_{solution.nfe}.png"
         plot_samples(generated[:100], grid_path, title=f"{trainer.step} training steps, {label}")
+    for steps in respaced:
+        chain = DiscreteChain.from_sde(trainer.sde)
+        grid = chain.respace(respaced_timesteps(chain.T, steps)).sampling_grid()
+        for variance in variances:
+            start = time.perf_counter()
+            solution = skd.sample(trainer.sde, trainer.score_fn(), (args.samples, 1, 8, 8), solver="ancestral", ts=grid,
+                                  denoise=True, variance=variance, clip_denoised=args.clip_denoised,
+                                  seed=args.seed if args.sample_seed is None else args.sample_seed,
+                                  dtype=trainer.dtype,
+                                  device=trainer.device)
+            seconds = time.perf_counter() - start
+            generated = solution.x.detach().float().cpu()
+            label = f"ancestral {variance}, respaced {steps}"
+            rows[label] = dict(scores(classifier, generated, reference), nfe=solution.nfe, seconds=seconds)
+            plot_samples(generated[:100], output / f"samples_respaced{steps}_{variance}.png",
+                         title=f"{trainer.step} training steps, {label}")
     rows["prior noise"] = scores(classifier, noise, reference)
     print(f"{'':34s} {'conf>0.9':>8s} {'confidence':>10s} {'class entropy':>13s} {'digits score':>12s} "
           f"{'Frechet dist.':>13s} {'seconds':>8s}")
@@ -154,7 +231,10 @@ def main(argv=None) -> int:
     print(f"sample grids: {output}/samples_*.png")
     if args.json:
         Path(args.json).write_text(json.dumps({"config": vars(args), "steps": trainer.step, "train_seconds": train_seconds,
-                                               "classifier_accuracy": accuracy, "scores": rows}, indent=2))
+                                               "train_clock": args.clock, "train_wall_seconds": train_wall_seconds,
+                                               "classifier_accuracy": accuracy, "loss": trainer.loss_kind,
+                                               "learn_variance": trainer.learn_variance, "vlb": bounds,
+                                               "scores": rows}, indent=2))
     return 0
 
 

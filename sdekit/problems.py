@@ -100,8 +100,11 @@ def apply_diffusion(noise_type: str, g: torch.Tensor, dW: torch.Tensor) -> torch
     return g * elementwise_increment(noise_type, dW, g)
 
 
-def check_output(name: str, problem, value, expected: tuple[int, ...]) -> None:
-    """Raise :class:`ShapeError` unless ``value`` is a tensor of shape ``expected``."""
+def check_output(name: str, problem, value, expected: tuple[int, ...],
+                 dtype: torch.dtype | None = None) -> None:
+    """Raise :class:`ShapeError` unless ``value`` is a tensor of shape ``expected`` (and, when
+    ``dtype`` is given, :class:`TypeError` unless it has that dtype: the state's dtype is kept
+    throughout a solve, so an output in another dtype would silently promote it)."""
     if not isinstance(value, torch.Tensor):
         raise ShapeError(f"{type(problem).__name__}.{name} returned {type(value).__name__}; "
                          f"expected a tensor of shape {tuple(expected)}")
@@ -109,3 +112,7 @@ def check_output(name: str, problem, value, expected: tuple[int, ...]) -> None:
         raise ShapeError(f"{type(problem).__name__}.{name} returned shape {tuple(value.shape)}; "
                          f"expected {tuple(expected)} (noise_type={getattr(problem, 'noise_type', None)!r}). "
                          "Return one value per state element, keeping the batch dimension first.")
+    if dtype is not None and value.dtype != dtype:
+        raise TypeError(f"{type(problem).__name__}.{name} returned {value.dtype} for a state of dtype "
+                        f"{dtype}; return the state's dtype (sdekit keeps x0's dtype throughout), e.g. build "
+                        "constants with torch.as_tensor(c, dtype=x.dtype), or pass x0 in the dtype you want")

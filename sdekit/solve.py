@@ -25,10 +25,11 @@ import torch
 
 from . import solvers as _solvers
 from .controller import PIDController
-from .errors import MaxStepsError, NonFiniteError
+from .errors import MaxStepsError, NonFiniteError, ShapeError
 from .problems import apply_diffusion, brownian_shape, check_output, diffusion_shape, is_sde
 from .solution import Solution
 from .solvers.base import Increment, Solver
+from .validation import positive_int
 
 CHUNK = 32
 DEFAULT_MAX_STEPS = 100_000
@@ -36,8 +37,8 @@ DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-6  # when only one of rtol/atol is given
 
 
 class _Prepared:
-    """The problem as solvers see it: time possibly flipped, evaluations counted, outputs checked
-    on the first call."""
+    """The problem as solvers see it: time possibly flipped, evaluations counted, outputs checked:
+    type and dtype on the first call, shape on every call (a comparison of sizes, no host sync)."""
 
     def __init__(self, problem, x_shape: tuple[int, ...], flip: bool):
         self.problem = problem
@@ -57,27 +58,37 @@ class _Prepared:
 
     def _first_drift(self, t, x):
         value = self._drift(-t if self.flip else t, x)
-        check_output("drift", self.problem, value, tuple(x.shape))
+        check_output("drift", self.problem, value, tuple(x.shape), dtype=x.dtype)
         self.drift = self._drift_flipped if self.flip else self._drift_counted
         self.nfe += 1
         return -value if self.flip else value
 
     def _drift_counted(self, t, x):
         self.nfe += 1
-        return self._drift(t, x)
+        value = self._drift(t, x)
+        if value.shape != x.shape:
+            check_output("drift", self.problem, value, tuple(x.shape))
+        return value
 
     def _drift_flipped(self, t, x):
         self.nfe += 1
-        return -self._drift(-t, x)
+        value = self._drift(-t, x)
+        if value.shape != x.shape:
+            check_output("drift", self.problem, value, tuple(x.shape))
+        return -value
 
     def _first_diffusion(self, t, x):
         value = self._diffusion(-t if self.flip else t, x)
-        check_output("diffusion", self.problem, value, diffusion_shape(self.problem, tuple(x.shape)))
-        self.diffusion = self._diffusion_flipped if self.flip else self._diffusion
+        self._diffusion_shape = diffusion_shape(self.problem, tuple(x.shape))
+        check_output("diffusion", self.problem, value, self._diffusion_shape, dtype=x.dtype)
+        self.diffusion = self._diffusion_checked
         return value
 
-    def _diffusion_flipped(self, t, x):
-        return self._diffusion(-t, x)
+    def _diffusion_checked(self, t, x):
+        value = self._diffusion(-t if self.flip else t, x)
+        if value.shape != self._diffusion_shape:
+            check_output("diffusion", self.problem, value, self._diffusion_shape)
+        return value
 
     def _score_flipped(self, t, x):
         return self._score(-t, x)
@@ -119,8 +130,7 @@ def _time_grid(t0: float, t1: float, steps, ts, save_at, like: torch.Tensor) -> 
         if steps is None:
             raise ValueError("give steps= (number of fixed steps) or ts= (an explicit grid); for an adaptive "
                              "solver such as 'dopri5' or 'adaptive_em' give rtol= and atol=")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        steps = positive_int(steps, "steps")
         grid = torch.linspace(t0, t1, steps + 1, dtype=torch.float64)
     save = _save_times(t0, t1, save_at)
     if save is not None:
@@ -156,7 +166,7 @@ def _noise_source(problem, x0, brownian, generator, levy_area: bool, t0: float, 
         if not hasattr(brownian, "increments"):
             raise TypeError("brownian must be a sdekit.BrownianTree (or an object with increments(ts, levy_area))")
         if tuple(getattr(brownian, "shape", shape)) != shape:
-            raise ValueError(f"brownian has shape {tuple(brownian.shape)} but this problem needs Brownian "
+            raise ShapeError(f"brownian has shape {tuple(brownian.shape)} but this problem needs Brownian "
                              f"increments of shape {shape} (noise_type={problem.noise_type!r})")
         return brownian
     if replayable:
@@ -211,8 +221,13 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
                          f"adaptive solver: {adaptive_names}")
     if adaptive and (steps is not None or ts is not None):
         raise ValueError("give either a fixed grid (steps= or ts=) or tolerances (rtol=, atol=), not both")
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    if steps is not None and ts is not None:
+        raise ValueError("give steps= (equal steps) or ts= (an explicit grid), not both: ts= already fixes "
+                         "the steps")
+    max_steps = positive_int(max_steps, "max_steps")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(42)), got "
+                        f"{type(generator).__name__} {generator!r}")
     flip = t1 < t0
     prepared = _Prepared(problem, tuple(x0.shape), flip)
     sde = is_sde(problem)

@@ -201,6 +201,33 @@ def test_tree_is_independent_of_query_order_and_resolution():
     assert torch.allclose(fine_1[0][:37].sum(0), coarse_1[0][0], rtol=0, atol=1e-12)
 
 
+def test_whole_grid_queries_generate_each_node_once(monkeypatch):
+    """A dyadic grid of 2**k steps in one call needs the 2**k - 1 nodes above its points and the
+    root: one node per step. A non-dyadic grid needs its points' own nodes down to the depth."""
+    from sdekit.brownian import tree as tree_module
+
+    generated = []
+    original = tree_module._range_normals
+
+    def counting(seed, keys, start, count, dtype):
+        generated.append(keys.numel())
+        return original(seed, keys, start, count, dtype)
+
+    monkeypatch.setattr(tree_module, "_range_normals", counting)
+    bm = BrownianTree(0.0, 1.0, (4, 3), seed=5)
+    dyadic = bm.increments(grid(0.0, 1.0, 256), levy_area=True)
+    assert generated == [256]
+    generated.clear()
+    bm.increments(grid(0.0, 1.0, 100))
+    assert generated[0] <= 127 + 100 * (24 - 6)
+    # a point that needs more levels widens the query without changing the others' values
+    ts = grid(0.0, 1.0, 256)
+    mixed = bm.increments(torch.cat((ts[:-1], torch.tensor([1.0 - 1e-3, 1.0], dtype=F64))), levy_area=True)
+    assert torch.allclose(mixed[0][:255], dyadic[0][:255], rtol=0, atol=1e-14)
+    assert torch.allclose(mixed[1][:255], dyadic[1][:255], rtol=0, atol=1e-12)
+    assert torch.allclose(mixed[0][255:].sum(0), dyadic[0][255], rtol=0, atol=1e-14)
+
+
 def test_tree_call_is_antisymmetric():
     bm = BrownianTree(0.0, 1.0, (5,), seed=3)
     assert torch.equal(bm(0.2, 0.7), -bm(0.7, 0.2))

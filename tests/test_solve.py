@@ -60,7 +60,7 @@ def test_nonfinite_x0():
 def test_bad_times_and_steps():
     with pytest.raises(ValueError, match="t0 == t1"):
         sdekit.solve(Decay(), X0, 1.0, 1.0, solver="euler", steps=4)
-    with pytest.raises(ValueError, match="steps must be a positive integer"):
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         sdekit.solve(Decay(), X0, 0.0, 1.0, solver="euler", steps=0)
     with pytest.raises(ValueError, match="give steps="):
         sdekit.solve(Decay(), X0, 0.0, 1.0, solver="euler")

@@ -9,7 +9,7 @@ networks (:mod:`sdekit_diffusion.nets`) and training (:func:`dsm_loss`, :class:`
 """
 from . import adapters, data, nets, problems, schedules
 from .likelihood import bits_per_dim, log_likelihood
-from .losses import ddpm_loss, dsm_loss, smld_loss
+from .losses import ddpm_loss, dsm_loss, hybrid_loss, smld_loss, vlb_loss
 from .problems import GaussianMixture
 from .sampling import sample
 from .score import (PREDICTIONS, as_score, guided, prediction_to_score, score_to_prediction,
@@ -19,10 +19,12 @@ from .sde import (CosineVPSDE, DiffusionSDE, LinearSDESchedule, ProbabilityFlowO
 from .schedules import DiscreteSchedule, Schedule
 from .time_grids import GRIDS, SPACINGS, time_grid
 from .training import Trainer
+from .vlb import vlb_bits_per_dim
 
 __all__ = ["DiffusionSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "ReverseSDE",
            "ProbabilityFlowODE", "LinearSDESchedule", "Schedule", "DiscreteSchedule", "schedules", "as_score", "guided",
            "transform_score", "adapters",
            "prediction_to_score", "score_to_prediction", "PREDICTIONS", "problems",
            "GaussianMixture", "sample", "time_grid", "GRIDS", "SPACINGS", "log_likelihood", "bits_per_dim",
-           "dsm_loss", "ddpm_loss", "smld_loss", "Trainer", "nets", "data"]
+           "dsm_loss", "ddpm_loss", "smld_loss", "Trainer", "nets", "data",
+           "vlb_loss", "hybrid_loss", "vlb_bits_per_dim"]

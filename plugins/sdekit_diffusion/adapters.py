@@ -30,6 +30,8 @@ from .sde import DiffusionSDE, ScoreFunction
 
 #: diffusers' ``prediction_type`` -> sdekit's prediction name (:data:`sdekit_diffusion.PREDICTIONS`)
 DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+#: timesteps closer than this to an integer are snapped to it (float rounding of on-grid times)
+SNAP = 1e-3
 
 
 def _config_value(scheduler: Any, key: str, default: Any) -> Any:
@@ -54,12 +56,15 @@ def _parameter(model: Any):
 class DiffusersDenoiser:
     r"""A diffusers denoiser as a network ``net(x, timestep) -> prediction`` for :func:`as_score`.
 
-    Per call: ``x`` and ``timestep`` move to the model's device and dtype (the timestep in float32
-    at least: diffusers' sinusoidal embedding is float32), ``model(x, timestep, **model_kwargs)``
-    runs, the output is unwrapped (``.sample``, or the first element of a tuple), a learned-variance
-    output of ``2 C`` channels keeps its first ``C`` (the mean prediction; diffusers'
-    ``variance_type="learned" | "learned_range"``, Nichol & Dhariwal 2021) and the result returns
-    in ``x``'s dtype and device.
+    Per call: ``x`` and ``timestep`` move to the model's device and dtype (that of its first
+    parameter; the timestep in float32 at least, as diffusers' sinusoidal embedding is float32),
+    a timestep within :data:`SNAP` of an integer becomes that integer (grid times
+    :math:`(n+1)/N` in float32 are off by up to :math:`1.2\cdot10^{-4}` timesteps at
+    ``N = 4000``; so they reach the model as diffusers' integer timesteps),
+    ``model(x, timestep, **model_kwargs)`` runs, its output is unwrapped (``.sample``, or the
+    first element of a tuple), a learned-variance output of ``2 C`` channels keeps its first
+    ``C`` (the mean prediction; diffusers' ``variance_type="learned" | "learned_range"``, Nichol &
+    Dhariwal 2021) and the result returns in ``x``'s dtype and device.
 
     ``grad``: ``None`` (default) records autograd through the model only when ``x`` requires
     grad (a likelihood's divergence, gradient guidance), so a sampling loop keeps no graph of the
@@ -83,9 +88,11 @@ class DiffusersDenoiser:
         dtype = reference.dtype if reference is not None and reference.is_floating_point() else x.dtype
         time_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
         record = torch.is_grad_enabled() and (x.requires_grad if self.grad is None else self.grad)
+        timestep = timestep.to(device=device, dtype=time_dtype)
+        nearest = torch.round(timestep)
+        timestep = torch.where((timestep - nearest).abs() <= SNAP, nearest, timestep)
         with torch.set_grad_enabled(record):
-            output = self.model(x.to(device=device, dtype=dtype),
-                                timestep.to(device=device, dtype=time_dtype), **self.model_kwargs)
+            output = self.model(x.to(device=device, dtype=dtype), timestep, **self.model_kwargs)
         output = network_output(output)
         channels = x.shape[1] if x.dim() > 1 else None
         if channels is not None and output.dim() == x.dim() and output.shape[1] == 2 * channels:
@@ -112,7 +119,8 @@ def from_diffusers(model: Callable, scheduler: Any, *, prediction_type: str | No
             ``DPMSolverMultistepScheduler``, ...); ``scheduler.config.prediction_type`` says what the
             model predicts. A zero-terminal-SNR table (``rescale_betas_zero_snr=True``) works: its
             last :math:`\bar\alpha = 0` becomes :math:`2^{-24}`, as in diffusers' multistep
-            schedulers.
+            schedulers, or a smaller value where that would not keep the log-SNR decreasing
+            (:class:`~sdekit_diffusion.schedules.DiscreteSchedule`).
         prediction_type: overrides the scheduler's (``"epsilon"``, ``"v_prediction"``, ``"sample"``).
         quantize: round the network's timestep to the nearest integer (default: fractional
             timesteps between grid points, as DPM-Solver does; diffusers' grids are integer anyway).
@@ -150,6 +158,11 @@ def from_diffusers(model: Callable, scheduler: Any, *, prediction_type: str | No
         raise ValueError(f"prediction_type {prediction_type!r} is not supported; from_diffusers "
                          f"reads {', '.join(repr(p) for p in DIFFUSERS_PREDICTIONS)} (diffusers' "
                          "names for noise, velocity and data prediction)")
+    if _config_value(scheduler, "rescale_betas_zero_snr", False):
+        # zero terminal SNR: diffusers' multistep schedulers store 2^-24 in place of the last 0,
+        # DDIM/DDPM keep the 0; give DiscreteSchedule the 0 and let it choose the stand-in
+        alphas_cumprod = torch.as_tensor(alphas_cumprod).detach().cpu().to(torch.float64).clone()
+        alphas_cumprod[-1] = 0.0
     sde = DiffusionSDE.from_alphas_cumprod(alphas_cumprod, quantize=quantize)
     denoiser = DiffusersDenoiser(model, model_kwargs, grad=grad)
     score_fn = as_score(denoiser, sde, DIFFUSERS_PREDICTIONS[prediction_type])

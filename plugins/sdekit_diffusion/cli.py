@@ -57,22 +57,65 @@ def _build_net(args, sample_shape: tuple[int, ...]):
     if kind == "mlp":
         if len(sample_shape) != 1:
             raise CommandError(f"--net mlp needs vector data (N, D); the data has samples of shape {sample_shape}")
-        return MLP(sample_shape[0], hidden=args.hidden, depth=args.depth, time_embedding=args.time_embedding)
+        return MLP(sample_shape[0], hidden=args.hidden, depth=args.depth, time_embedding=args.time_embedding,
+                   learn_variance=args.learn_variance)
     if len(sample_shape) != 3:
         raise CommandError(f"--net unet needs images (N, C, H, W); the data has samples of shape {sample_shape}")
     size = min(sample_shape[1:])
     mults = args.channel_mults or ([1, 2] if size <= 16 else [1, 2, 2])
     return UNet(sample_shape[0], base=args.base, channel_mults=mults,
-                attention_resolutions=[size // 2 ** (len(mults) - 1)], time_embedding=args.time_embedding)
+                attention_resolutions=[size // 2 ** (len(mults) - 1)], time_embedding=args.time_embedding,
+                learn_variance=args.learn_variance, image_size=sample_shape[1:])
+
+
+# every numeric flag of `sdekit train` and its range, checked before any work
+TRAIN_RANGES = (("--n", "n", dict(integer=True, minimum=1)), ("--hidden", "hidden", dict(integer=True, minimum=1)),
+                ("--depth", "depth", dict(integer=True, minimum=1)), ("--base", "base", dict(integer=True, minimum=1)),
+                ("--steps", "steps", dict(integer=True, minimum=1)),
+                ("--batch-size", "batch_size", dict(integer=True, minimum=1)),
+                ("--lr", "lr", dict(minimum=0, exclusive=True)), ("--warmup", "warmup", dict(integer=True, minimum=0)),
+                ("--ema-decay", "ema_decay", dict(minimum=0, maximum=1, exclusive_maximum=True)),
+                ("--grad-clip", "grad_clip", dict(minimum=0, exclusive=True)),
+                ("--vlb-weight", "vlb_weight", dict(minimum=0)),
+                ("--chain-steps", "chain_steps", dict(integer=True, minimum=2, optional=True)),
+                ("--bits", "bits", dict(integer=True, minimum=1, maximum=16)),
+                ("--checkpoint-every", "checkpoint_every", dict(integer=True, minimum=1)),
+                ("--plot-every", "plot_every", dict(integer=True, minimum=0)),
+                ("--seed", "seed", dict(integer=True, minimum=0)))
+
+
+def _check_train_flags(args) -> None:
+    """:class:`CommandError` naming the first numeric flag of ``train`` out of its range."""
+    from .training.options import check_number
+    try:
+        for flag, name, limits in TRAIN_RANGES:
+            check_number(flag, getattr(args, name), **limits)
+        for multiplier in args.channel_mults or []:
+            check_number("every --channel-mults entry", multiplier, integer=True, minimum=1)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    if args.learn_variance and args.loss not in ("hybrid", "vlb"):
+        raise CommandError(f"--learn-variance needs --loss hybrid or --loss vlb (--loss {args.loss} does not train "
+                           "the variance)")
+    if args.loss == "hybrid" and not args.learn_variance:
+        raise CommandError("--loss hybrid trains a learned variance: add --learn-variance (or use --loss simple)")
 
 
 def _train(args) -> int:
     from .data import load_data
     from .training import Trainer, sample_plot_callback
+    from .vlb import quantize
+    _check_train_flags(args)
     try:
         data = load_data(args.data, n=args.n, seed=args.seed)
         if data.ndim < 2:
             raise CommandError(f"data must have shape (N, *sample_shape), got {tuple(data.shape)}")
+        if args.loss in ("hybrid", "vlb"):
+            rounded = quantize(data, args.bits)
+            if not torch.equal(rounded, data):
+                print(f"rounded the data to {args.bits}-bit levels in [-1, 1] (the decoder term of --loss {args.loss} "
+                      f"is for {args.bits}-bit data; largest change {(rounded - data).abs().max().item():.3g})")
+            data = rounded
         torch.manual_seed(args.seed)
         net = _build_net(args, tuple(data.shape[1:]))
         output = Path(args.output)
@@ -81,10 +124,15 @@ def _train(args) -> int:
             callback = sample_plot_callback(output / "plots", tuple(data.shape[1:]), n=min(len(data), 1024) if data.ndim == 2 else 64,
                                             steps=200, seed=args.seed, reference=data[:2000] if data.ndim == 2 else None)
         trainer = Trainer(net, _build_sde(args.sde), prediction=args.prediction, weighting=args.weighting,
-                          importance_sampling=args.importance_sampling, lr=args.lr, ema_decay=args.ema_decay,
-                          warmup=args.warmup, device=args.device, checkpoint_dir=output,
+                          importance_sampling=args.importance_sampling, loss=args.loss,
+                          learn_variance=args.learn_variance, vlb_weight=args.vlb_weight,
+                          chain_steps=args.chain_steps, bits=args.bits, lr=args.lr, ema_decay=args.ema_decay,
+                          warmup=args.warmup, grad_clip=args.grad_clip, device=args.device, checkpoint_dir=output,
                           checkpoint_every=args.checkpoint_every, callback=callback,
-                          callback_every=args.plot_every or 1, seed=args.seed, progress=not args.quiet)
+                          callback_every=args.plot_every or 1, seed=args.seed, progress=not args.quiet,
+                          fresh=args.fresh)
+        if args.fresh and (output / "model.pt").is_file():
+            (output / "model.pt").unlink()   # the previous run's final save
         losses = trainer.fit(data, steps=args.steps, batch_size=args.batch_size)
     except (ValueError, FileNotFoundError, ImportError) as error:
         raise CommandError(str(error)) from None
@@ -97,7 +145,7 @@ def _train(args) -> int:
 
 def _sample(args) -> int:
     from .sampling import sample
-    from .training import Trainer, latest_checkpoint, plot_samples
+    from .training import Trainer, newest_of_run, plot_samples
     from .samplers import registry
     try:
         record = registry.get(args.solver)
@@ -123,10 +171,11 @@ def _sample(args) -> int:
         raise CommandError(str(error)) from None
     path = Path(args.checkpoint)
     if path.is_dir():
-        found = path / "model.pt" if (path / "model.pt").is_file() else latest_checkpoint(path)
-        if found is None:
-            raise CommandError(f"no checkpoint (model.pt or step_*.pt) in {path}")
-        path = found
+        try:
+            path, note = newest_of_run(path)   # the highest step of model.pt and step_*.pt
+        except FileNotFoundError as error:
+            raise CommandError(str(error)) from None
+        print(note)
     try:
         trainer = Trainer.load(path, device=args.device, progress=False)
     except (ValueError, FileNotFoundError) as error:
@@ -197,18 +246,37 @@ def register(subparsers) -> None:
     train.add_argument("--weighting", choices=("sigma2", "likelihood"), default="sigma2",
                        help="loss weighting: sigma2 (DDPM) or likelihood (g^2) (default: %(default)s)")
     train.add_argument("--importance-sampling", action="store_true",
-                       help="draw t with density proportional to g^2/sigma^2 (for --weighting likelihood)")
+                       help="--loss dsm: draw t with density proportional to g^2/sigma^2 (for --weighting likelihood); "
+                            "--loss vlb/hybrid: Improved DDPM's sampler of timesteps by their history of L_t^2")
+    train.add_argument("--loss", choices=("dsm", "simple", "hybrid", "vlb"), default="dsm",
+                       help="dsm: continuous-time denoising score matching; simple: L_simple on the discrete chain; "
+                            "hybrid: L_simple + VLB_WEIGHT * L_vlb (Improved DDPM, needs --learn-variance); vlb: the "
+                            "variational bound (default: %(default)s)")
+    train.add_argument("--learn-variance", action="store_true",
+                       help="the network also outputs the reverse variance (Improved DDPM; --loss hybrid or vlb)")
+    train.add_argument("--vlb-weight", type=float, default=0.001,
+                       help="lambda of --loss hybrid (default: %(default)s, the paper's)")
+    train.add_argument("--chain-steps", type=int, default=None,
+                       help="timesteps of the discrete chain of --loss simple/hybrid/vlb (default: 1000)")
+    train.add_argument("--bits", type=int, default=8,
+                       help="bit depth of the data for the decoder term of --loss hybrid/vlb; the data are rounded "
+                            "to it (default: %(default)s)")
     train.add_argument("--steps", type=int, default=5000, help="total optimizer steps (default: %(default)s)")
     train.add_argument("--batch-size", type=int, default=256, help="(default: %(default)s)")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     train.add_argument("--warmup", type=int, default=100, help="linear warm-up steps (default: %(default)s)")
     train.add_argument("--ema-decay", type=float, default=0.999, help="(default: %(default)s)")
+    train.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (default: %(default)s)")
     train.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ... (default: %(default)s)")
     train.add_argument("--output", required=True, help="output folder for checkpoints, model.pt and plots")
     train.add_argument("--checkpoint-every", type=int, default=1000, help="(default: %(default)s)")
     train.add_argument("--plot-every", type=int, default=0,
                        help="write a sample plot to OUTPUT/plots every this many steps (0: never; needs matplotlib)")
     train.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    train.add_argument("--fresh", action="store_true",
+                       help="start over: delete the step_*.pt and model.pt of another run in --output instead of "
+                            "resuming it (a run with another --sde, --prediction, --weighting, --loss or --data is "
+                            "refused otherwise)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_guarded(_train), command="train")
 
@@ -218,7 +286,8 @@ def register(subparsers) -> None:
                     "any sampler; write the samples as .npy or a PNG (scatter for 2-D, image grid otherwise).",
         epilog="example: sdekit sample --checkpoint runs/moons --solver dpm_solver++_2m --steps 20 --n 2000 "
                "--output moons.png")
-    sample.add_argument("--checkpoint", required=True, help="checkpoint file, or a folder (model.pt or newest step_*.pt)")
+    sample.add_argument("--checkpoint", required=True,
+                        help="checkpoint file, or a folder: the highest step of its model.pt and step_*.pt")
     sample.add_argument("--solver", default="euler_maruyama", metavar="NAME",
                         help=f"sampler: {', '.join(available())} (default: %(default)s)")
     sample.add_argument("--steps", type=int, default=None,

@@ -7,8 +7,12 @@ equivalent to ``DistributedDataParallel`` for these small models, without its wr
 average the reported loss. Only rank 0 writes checkpoints and plots. The effective batch is
 ``world_size * batch_size``. Backend: NCCL on CUDA, Gloo on CPU.
 
-Sampling: :func:`seeded_sample` draws everything sample ``i`` needs (its prior draw and every Brownian
-increment) from a generator seeded by ``(seed, i)``, so a sample does not depend on which process
+With Improved DDPM's importance sampling of timesteps (``loss="vlb"``/``"hybrid"``,
+``importance_sampling=True``) every rank records the terms of every rank's batch (one all-gather per
+step), so their samplers stay identical.
+
+Sampling: :func:`seeded_sample` is :func:`sdekit_diffusion.sample` with ``sample_offset``: sample ``i``
+(its prior draw and every Brownian increment) depends on ``(seed, i)`` only, not on which process
 computes it or on the batch it is in; :func:`sample_sharded` splits ``0..n-1`` into contiguous blocks,
 one per rank, and all-gathers them. The result equals single-process ``seeded_sample`` up to
 floating-point reassociation in batched matrix products.
@@ -25,6 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .losses import LossSecondMomentSampler
+from .sampling import sample
 from .training import Trainer
 
 
@@ -84,6 +90,10 @@ class DistributedTrainer(Trainer):
         super().__init__(net, sde, device=device, **options)
         self.rank, self.world_size = self.context.rank, self.context.world_size
         self._seed_generators()
+        sampler = self.objective.importance_sampler
+        if sampler is not None and self.context.distributed:
+            self.objective.importance_sampler = GatheredLossSecondMomentSampler(
+                sampler.T, sampler.history_size, sampler.uniform, device=self.device)
 
     def load_state(self, checkpoint: dict) -> None:
         """Restore a checkpoint (written by rank 0), then give each rank its own generators again, seeded
@@ -129,37 +139,49 @@ class DistributedTrainer(Trainer):
         return path
 
 
-def sample_generator(seed: int, index: int) -> torch.Generator:
-    """The CPU generator of sample ``index`` for ``seed``: seeded with ``seed * 2^32 + index``."""
-    return torch.Generator().manual_seed((int(seed) << 32) + int(index))
+class GatheredLossSecondMomentSampler(LossSecondMomentSampler):
+    """:class:`~sdekit_diffusion.losses.LossSecondMomentSampler` whose :meth:`update` records the terms of
+    every rank's batch, in rank order (one all-gather), so that all ranks keep the same history."""
+
+    def update(self, n: torch.Tensor, losses: torch.Tensor) -> None:
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            world = dist.get_world_size()
+            steps = [torch.empty_like(n) for _ in range(world)]
+            values = [torch.empty_like(losses.detach()) for _ in range(world)]
+            dist.all_gather(steps, n.contiguous())
+            dist.all_gather(values, losses.detach().contiguous())
+            n, losses = torch.cat(steps), torch.cat(values)
+        super().update(n, losses)
+
+
+def _runs(indices: list[int]) -> list[list[int]]:
+    """``indices`` cut into maximal runs of consecutive integers, in order."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][-1] + 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return runs
 
 
 def seeded_sample(sde, score_fn, indices, sample_shape: tuple[int, ...], *, seed: int = 0, steps: int = 500,
                   device=None, dtype: torch.dtype | None = None) -> torch.Tensor:
     r"""Samples ``indices`` (a sequence of ints) by Euler–Maruyama on the reverse SDE, from ``t_max`` to
-    ``t_min`` in ``steps`` equal steps:
-
-    .. math:: x_{k+1} = x_k + [f x_k - g^2 s(t_k, x_k)]\,\Delta t + g \sqrt{|\Delta t|}\, z_k,\quad \Delta t < 0,
-
-    with :math:`x_0 = \sigma(t_{max}) z_{-1}` and every :math:`z` of sample ``i`` drawn (as one
-    ``(steps + 1, *sample_shape)`` normal tensor) from :func:`sample_generator` ``(seed, i)``.
-    Returns ``(len(indices), *sample_shape)``.
+    ``t_min`` in ``steps`` equal steps: ``skd.sample(..., solver="euler_maruyama", seed=seed,
+    sample_offset=first)`` on each run of consecutive indices, so that sample ``i`` is the ``i``-th
+    sample of one large run whatever the batch. Returns ``(len(indices), *sample_shape)``.
     """
     dtype = dtype or torch.get_default_dtype()
     indices = [int(i) for i in indices]
     sample_shape = tuple(sample_shape)
     if not indices:
         return torch.empty((0, *sample_shape), dtype=dtype, device=device)
-    noise = torch.stack([torch.randn((steps + 1, *sample_shape), generator=sample_generator(seed, i), dtype=dtype)
-                         for i in indices]).to(device)
-    reverse = sde.reverse(score_fn)
-    times = torch.linspace(sde.t_max, sde.t_min, steps + 1, dtype=dtype, device=device)
-    x = noise[:, 0] * sde.prior_std
     with torch.no_grad():
-        for k in range(steps):
-            t, dt = times[k], times[k + 1] - times[k]
-            x = x + reverse.drift(t, x) * dt + reverse.diffusion(t, x) * (-dt).sqrt() * noise[:, k + 1]
-    return x
+        blocks = [sample(sde, score_fn, (len(run), *sample_shape), solver="euler_maruyama", steps=steps,
+                         seed=seed, sample_offset=run[0], dtype=dtype, device=device).x
+                  for run in _runs(indices)]
+    return torch.cat(blocks)
 
 
 def sample_sharded(sde, score_fn, n: int, sample_shape: tuple[int, ...], *, seed: int = 0, steps: int = 500,

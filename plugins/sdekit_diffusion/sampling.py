@@ -13,12 +13,15 @@ import torch
 
 import sdekit
 
+from sdekit.validation import finite_number, positive_int
+
 from .sde import DiffusionSDE
 from .samplers import registry
 from .samplers._common import Context, CountedScore, NormalStream
-from .time_grids import time_grid as make_time_grid
+from .time_grids import check_time_grid, time_grid as make_time_grid
 
 DEFAULT_STEPS = 1000   # score_sde's N = 1000 discretisation steps (Song et al. 2021, VP and VE)
+FINAL_STEPS = ("none", "zero")
 
 
 def _seed(seed, generator: torch.Generator | None) -> int:
@@ -41,17 +44,24 @@ def _initial_state(sde, shape, x_T, stream_args):
         return x_T, NormalStream(x_T.shape, **stream_args, dtype=x_T.dtype, device=x_T.device)
     if shape is None:
         raise ValueError("give shape=(batch, *dims) or an initial state x_T")
-    shape = tuple(shape)
-    if len(shape) < 1 or not all(isinstance(n, int) and n > 0 for n in shape):
-        raise ValueError(f"shape must be a tuple of positive ints (batch, *dims), got {shape!r}")
+    try:
+        shape = tuple(positive_int(n, "every size in shape") for n in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be a tuple of positive ints (batch, *dims), got {shape!r}") from None
+    if len(shape) < 1:
+        raise ValueError("shape must be a tuple of positive ints (batch, *dims), got ()")
+    if not stream_args["dtype"].is_floating_point:
+        raise TypeError(f"dtype must be a floating-point dtype (the samples are real numbers), got "
+                        f"{stream_args['dtype']}")
     stream = NormalStream(shape, **stream_args)
     # the prior N(0, sigma(t_max)^2 I) (sde.prior_sample's law) from the per-sample stream
     return sde.prior_std * stream(), stream
 
 
 def sample(sde: DiffusionSDE, score_fn: Callable, shape=None, *, x_T: torch.Tensor | None = None,
-           solver: str = "euler_maruyama", steps: int | None = None, time_grid: str = "uniform",
-           t_min: float | None = None, generator: torch.Generator | None = None,
+           solver: str = "euler_maruyama", steps: int | None = None, time_grid: str | None = None,
+           ts: torch.Tensor | None = None, t_min: float | None = None,
+           final_step: str = "none", generator: torch.Generator | None = None,
            denoise: bool = False, progress: bool = False, callback: Callable | None = None,
            **options) -> sdekit.Solution:
     r"""Sample ``sde``'s data distribution with the model ``score_fn(t, x)`` (``t``: ``(batch,)``).
@@ -70,9 +80,21 @@ def sample(sde: DiffusionSDE, score_fn: Callable, shape=None, *, x_T: torch.Tens
             probability-flow ODE; the core's predictor-corrector is ``core_pc``).
         steps: grid intervals (default 1000, score_sde's); adaptive samplers take tolerances
             instead. Multistep solvers of order ``k`` need ``steps >= k``.
-        time_grid: ``"uniform"``, ``"quadratic"``, ``"logsnr"`` or ``"karras"``
+        time_grid: ``"uniform"`` (default), ``"quadratic"``, ``"logsnr"`` or ``"karras"``, and for
+            discrete schedules diffusers' spacings ``"trailing"``, ``"leading"``, ``"linspace"``
             (:func:`sdekit_diffusion.time_grid`).
+        ts: an explicit grid instead of ``steps``/``time_grid``/``t_min``: strictly decreasing
+            times inside ``[t_min, t_max]``, at least the sampler's minimum steps
+            (:func:`sdekit_diffusion.time_grids.check_time_grid`); e.g.
+            ``sde.schedule.timestep_time(scheduler.timesteps)`` plus a final time. ``x_T`` is the
+            state at ``ts[0]``.
         t_min: the final time (default ``sde.t_min``).
+        final_step: ``"none"`` (default): end at the grid's last time. ``"zero"``: the last step
+            goes from ``ts[-2]`` to :math:`\sigma = 0` instead, the first-order step there,
+            :math:`x = \hat x_0(t_{N-1}, x)`, with no extra score call (diffusers'
+            ``final_sigmas_type="zero"``; ``ts[-1]`` only closes the grid). For the samplers that
+            step through the data prediction (``data_prediction`` in their registry record:
+            ``ddim``, ``dpm_solver++_2m``, ``dpm_solver++_3m``, ``edm_heun``, ``ancestral``, ...).
         generator: a :class:`torch.Generator`; one seed is drawn from it (or pass ``seed=``).
         denoise: finish with the Tweedie step :math:`x_0 = (x + \sigma^2 s)/\alpha` at ``t_min``
             (one more score call, counted).
@@ -104,27 +126,20 @@ def sample(sde: DiffusionSDE, score_fn: Callable, shape=None, *, x_T: torch.Tens
     if x_T is None:
         stream_args.update(dtype=dtype, device=device)
     x, stream = _initial_state(sde, shape, x_T, stream_args)
-    t_end = sde.t_min if t_min is None else float(t_min)
 
     score = CountedScore(score_fn, sde)
-    if record.adaptive:
-        if steps is not None:
-            raise ValueError(f"{solver!r} is adaptive: it chooses its own steps; give rtol=/atol= "
-                             "(or its tolerance options) instead of steps=")
-        grid = torch.tensor([sde.t_max, t_end], dtype=x.dtype, device=x.device)
-    else:
-        steps = DEFAULT_STEPS if steps is None else steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < record.min_steps:
-            raise ValueError(f"{solver!r} needs an integer steps >= {record.min_steps}, got {steps!r}")
-        grid = make_time_grid(sde, steps, time_grid, t_end, sde.t_max).to(x.dtype).to(x.device)
+    grid = _grid(sde, record, x, steps, time_grid, ts, t_min)
+    _check_final_step(record, final_step, denoise)
     if hasattr(sde.schedule, "precompute"):
         sde.schedule.precompute(grid)   # autograd schedules: f and g^2 on the grid in one pass
 
     bar = None
     if progress and not record.core:
         from tqdm.auto import tqdm
-        bar = tqdm(total=None if record.adaptive else steps, unit="step", leave=False, desc=solver)
-    ctx = Context(sde, score, stream, seed, sample_offset, callback, bar, progress=progress)
+        bar = tqdm(total=None if record.adaptive else len(grid) - 1, unit="step", leave=False,
+                   desc=solver)
+    ctx = Context(sde, score, stream, seed, sample_offset, callback, bar, progress=progress,
+                  final_zero=final_step == "zero")
     try:
         result = record.function(ctx, x, grid, **options)
     finally:
@@ -146,3 +161,72 @@ def sample(sde: DiffusionSDE, score_fn: Callable, shape=None, *, x_T: torch.Tens
     if solution.grid is None:
         solution.grid = solution.ts
     return solution
+
+
+def _grid(sde: DiffusionSDE, record, x: torch.Tensor, steps, time_grid, ts, t_min) -> torch.Tensor:
+    """The sampler's time grid (in ``x``'s dtype and device): ``[t_max, t_end]`` for an adaptive
+    sampler, the explicit ``ts`` checked, or ``time_grid(steps)``."""
+    name = repr(record.name)
+    if record.adaptive:
+        if steps is not None or ts is not None:
+            raise ValueError(f"{name} is adaptive: it chooses its own steps; give rtol=/atol= "
+                             "(or its tolerance options) instead of "
+                             f"{'steps=' if ts is None else 'ts='}")
+        t_end = _final_time(sde, t_min)
+        return torch.tensor([sde.t_max, t_end], dtype=x.dtype, device=x.device)
+    if ts is not None:
+        given = [f"{key}=" for key, value in (("steps", steps), ("time_grid", time_grid),
+                                              ("t_min", t_min)) if value is not None]
+        if given:
+            raise ValueError(f"ts= is the whole grid; drop {', '.join(given)} (or drop ts=)")
+        grid = check_time_grid(sde, ts, record.min_steps, name)
+    else:
+        steps = DEFAULT_STEPS if steps is None else steps
+        try:
+            steps = positive_int(steps, "steps", minimum=record.min_steps)
+        except ValueError:
+            raise ValueError(f"{name} needs an integer steps >= {record.min_steps}, got {steps!r}") from None
+        t_end = _final_time(sde, t_min)
+        grid = make_time_grid(sde, steps, "uniform" if time_grid is None else time_grid, t_end,
+                              sde.t_max)
+        if len(grid) - 1 < record.min_steps:
+            raise ValueError(f"{name} needs at least {record.min_steps} steps; the {time_grid!r} "
+                             f"grid of steps={steps} has {len(grid) - 1}")
+    cast = grid.to(dtype=x.dtype, device=x.device)
+    repeated = int((cast[1:] >= cast[:-1]).sum())
+    if repeated:
+        raise ValueError(
+            f"the {len(grid) - 1}-step grid has {repeated} steps of zero length in {x.dtype} (its times "
+            "round to the same value), which would cost score calls and move nothing; sample with a "
+            "float32 or float64 state (x_T.float(), dtype=torch.float32) and cast the samples, or take "
+            "fewer steps")
+    return cast
+
+
+def _final_time(sde: DiffusionSDE, t_min) -> float:
+    """``t_min`` (default ``sde.t_min``), checked to lie in ``[sde.t_min, sde.t_max)``."""
+    if t_min is None:
+        return sde.t_min
+    t_end = finite_number(t_min, "t_min")
+    if not (sde.t_min <= t_end < sde.t_max):
+        raise ValueError(f"t_min={t_end} must lie in [sde.t_min, sde.t_max) = [{sde.t_min}, {sde.t_max}): "
+                         "the samplers integrate from t_max down to t_min, inside the schedule")
+    return t_end
+
+
+def _check_final_step(record, final_step: str, denoise: bool) -> None:
+    if final_step not in FINAL_STEPS:
+        raise ValueError(f"final_step must be one of {', '.join(map(repr, FINAL_STEPS))}, got "
+                         f"{final_step!r}")
+    if final_step != "zero":
+        return
+    if not record.data_prediction:
+        able = ", ".join(r.name for r in registry.records() if r.data_prediction)
+        raise ValueError(
+            f"final_step='zero' ends at sigma = 0 with the data prediction, which {record.name!r} "
+            "does not step through (its last step would evaluate the model at sigma = 0, or it "
+            f"integrates in t); use one of {able}, or keep final_step='none' and add "
+            "denoise=True (one more score call, the Tweedie step at t_min)")
+    if denoise:
+        raise ValueError("final_step='zero' already ends at the data (sigma = 0); drop "
+                         "denoise=True")

@@ -1,6 +1,8 @@
 """Solver registry: names -> solver classes. ``available()`` lists them with their orders."""
 from __future__ import annotations
 
+import inspect
+
 from ..errors import SolverError
 from .base import Increment, Solver
 from .euler_maruyama import EulerMaruyama
@@ -33,10 +35,25 @@ def get(solver: str | Solver, **options) -> Solver:
                              "pass them to its constructor instead")
         return solver
     if isinstance(solver, type) and issubclass(solver, Solver):
-        return solver(**options)
-    if solver not in _REGISTRY:
+        return _build(solver, options)
+    if not isinstance(solver, str) or solver not in _REGISTRY:
         raise SolverError(f"unknown solver {solver!r}; known solvers: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[solver](**options)
+    return _build(_REGISTRY[solver], options)
+
+
+def _build(cls: type[Solver], options: dict) -> Solver:
+    """``cls(**options)``, naming the options it does not take instead of Python's bare TypeError."""
+    parameters = {} if cls.__init__ is object.__init__ else inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    accepted = [name for name in parameters if name != "self"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown and not takes_any:
+        name = cls.name or cls.__name__
+        raise TypeError(f"solver {name!r} got unknown option{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(map(repr, unknown))}; it accepts "
+                        f"{', '.join(accepted) if accepted else 'no options'} (solve's own arguments "
+                        "such as steps, ts, rtol, atol, brownian go to sdekit.solve)")
+    return cls(**options)
 
 
 def available(kind: str | None = None) -> list[dict]:

@@ -32,6 +32,13 @@ def worker(out: Path) -> None:
                out / f"rank{trainer.rank}.pt")
     samples = sample_sharded(trainer.sde, trainer.score_fn(), SAMPLES, (2,), seed=SEED, steps=SAMPLE_STEPS)
     torch.save(samples, out / f"samples{trainer.rank}.pt")
+    # Improved DDPM's importance sampler sees every rank's terms, so the ranks keep one history
+    from sdekit_diffusion.vlb import quantize
+    vlb = DistributedTrainer(MLP(2, hidden=16, depth=1, learn_variance=True), skd.DiffusionSDE.from_betas(
+        torch.linspace(0.01, 0.3, 8)), loss="vlb", importance_sampling=True, device="cpu", progress=False)
+    vlb.fit(quantize(data.moons(256) / 3), steps=4, batch_size=8)
+    sampler = vlb.objective.importance_sampler
+    torch.save({"history": sampler.history, "counts": sampler.counts}, out / f"importance{vlb.rank}.pt")
     shutdown()
 
 
@@ -58,6 +65,12 @@ def test_ranks_end_with_identical_weights(two_ranks):
     assert ranks[0]["losses"] == ranks[1]["losses"] and len(ranks[0]["losses"]) == STEPS
     names = sorted(p.name for p in (two_ranks / "checkpoints").glob("step_*.pt"))
     assert names == ["step_00000010.pt", "step_00000012.pt"]
+
+
+def test_importance_histories_are_shared_by_the_ranks(two_ranks):
+    ranks = [torch.load(two_ranks / f"importance{r}.pt") for r in (0, 1)]
+    assert torch.equal(ranks[0]["history"], ranks[1]["history"]) and torch.equal(ranks[0]["counts"], ranks[1]["counts"])
+    assert int(ranks[0]["counts"].sum()) == 2 * 8 * 4   # both ranks' batches of 8, four steps
 
 
 def test_sharded_sampling_equals_single_process(two_ranks):

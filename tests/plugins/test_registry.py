@@ -97,3 +97,21 @@ def test_bench_lists_and_runs_every_sampler():
         options = {"rtols": [0.05]} if info["adaptive"] else {"steps": [4]}
         result = bench.run(problem, [name], samples=8, **options)
         assert result.rows and all(row["nfe"] > 0 for row in result.rows), name
+
+
+def test_sample_checks_times_dtypes_and_counts_up_front():
+    import numpy as np
+
+    sde = skd.VPSDE()
+    score = mixture().score_fn(sde)
+    for solver in ("adaptive_sde", "dopri5", "ddim"):
+        for t_min in (2.0, 0.5 * sde.t_min, float("nan")):
+            options = {} if samplers.get(solver).adaptive else {"steps": 4}
+            with pytest.raises(ValueError, match="t_min"):
+                skd.sample(sde, score, (4, 2), solver=solver, t_min=t_min, **options)
+    with pytest.raises(TypeError, match="floating-point dtype"):
+        skd.sample(sde, score, (4, 2), solver="ddim", steps=4, dtype=torch.int64)
+    with pytest.raises(ValueError, match="zero length in torch.bfloat16"):
+        skd.sample(sde, score, (4, 2), solver="ddim", steps=1000, dtype=torch.bfloat16)
+    solution = skd.sample(sde, score, (np.int64(4), 2), solver="ddim", steps=np.int64(5))
+    assert solution.n_steps == 5 and solution.x.shape == (4, 2)

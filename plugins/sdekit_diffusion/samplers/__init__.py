@@ -9,7 +9,8 @@ step, whether it draws noise, adaptive, order, options) once for every reader. E
 """
 from __future__ import annotations
 
-from . import adaptive, ancestral, ddim, dpm_solver, edm, pc  # noqa: F401  (they register)
+from . import (adaptive, ancestral, ddim, deis, dpm_solver, dpm_solver_sde,  # noqa: F401
+               edm, ipndm, pc, unipc)                                  # (they register)
 from .registry import Sampler, available, get, records, register
 
 __all__ = ["Sampler", "available", "get", "records", "register"]

@@ -86,8 +86,8 @@ class Context:
     (``progress``: whether the caller asked for one, for samplers that run their own loop).
 
     ``final_zero`` (``sample(..., final_step="zero")``, only for samplers registered with
-    ``data_prediction=True``): the last step goes from ``ts[-2]`` to :math:`\sigma = 0` instead of
-    to ``ts[-1]``, and is the first-order one, :math:`x = \hat x_0(t_{N-1}, x)` (diffusers'
+    ``data_prediction=True``): the last step goes from ``ts[-2]`` to :math:`\\sigma = 0` instead of
+    to ``ts[-1]``, and is the first-order one, :math:`x = \\hat x_0(t_{N-1}, x)` (diffusers'
     ``final_sigmas_type="zero"``); see :meth:`ends_at_zero`.
     """
 
@@ -100,7 +100,7 @@ class Context:
         self.final_zero = bool(final_zero)
 
     def ends_at_zero(self, i: int, ts: torch.Tensor) -> bool:
-        """Whether step ``i`` of the grid ``ts`` is the step to :math:`\sigma = 0` (Python ints
+        """Whether step ``i`` of the grid ``ts`` is the step to :math:`\\sigma = 0` (Python ints
         only: no host sync)."""
         return self.final_zero and i == len(ts) - 2
 

@@ -118,11 +118,11 @@ def dpm_solver_3(ctx: Context, x: torch.Tensor, ts: torch.Tensor) -> torch.Tenso
 
 def _lowers_final_order(lower_order_final, euler_at_final, steps: int) -> bool:
     """Whether the last steps drop order (``lower_order_final``: ``"auto"``, True or False)."""
-    if lower_order_final not in ("auto", True, False):
+    if lower_order_final != "auto" and not isinstance(lower_order_final, bool):
         raise ValueError(f"lower_order_final must be 'auto' (below {LOWER_ORDER_FINAL_BELOW} steps, "
                          f"diffusers' rule), True (always) or False (never), got "
                          f"{lower_order_final!r}")
-    if euler_at_final not in (True, False):
+    if not isinstance(euler_at_final, bool):
         raise ValueError(f"euler_at_final must be True or False, got {euler_at_final!r}")
     if lower_order_final == "auto":
         return steps < LOWER_ORDER_FINAL_BELOW
