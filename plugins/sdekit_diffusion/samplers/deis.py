@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 
 from ._common import Context, schedule
-from ._multistep import adams_weights, check_order, coefficient_grid
+from ._multistep import adams_weights, check_order, coefficient_grid, eps_multistep
 from .registry import register
 
 MAX_ORDER = 3
@@ -57,18 +57,4 @@ def deis(ctx: Context, x: torch.Tensor, ts: torch.Tensor, order: int = MAX_ORDER
     alpha, sigma, _ = schedule(ctx.sde, grid)
     step_orders = [min(order, i + 1) for i in range(steps)]
     weights = alpha[1:, None] * deis_weights(ctx.sde, grid, step_orders)
-    ratio = alpha[1:] / alpha[:-1]
-    weights, ratio, alpha, sigma = (v.to(dtype=x.dtype, device=x.device)
-                                    for v in (weights, ratio, alpha, sigma))
-    history: list[torch.Tensor] = []     # noise predictions at t_i, t_{i-1}, ...
-    for i in range(steps):
-        eps = ctx.eps(ts[i], x)
-        if ctx.ends_at_zero(i, ts):      # Euler to sigma_ve = 0: the data prediction
-            x = (x - sigma[i] * eps) / alpha[i]
-            ctx.report(i, x, ts[i + 1], x)
-            break
-        history.insert(0, eps)
-        del history[order:]
-        x = ratio[i] * x + sum(weights[i, k] * history[k] for k in range(step_orders[i]))
-        ctx.report(i, x, ts[i + 1], None)
-    return x
+    return eps_multistep(ctx, x, ts, alpha, sigma, weights, step_orders)
