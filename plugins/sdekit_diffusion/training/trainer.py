@@ -222,10 +222,12 @@ class Trainer:
         ``checkpoint_dir`` that is ahead of this trainer, after checking it belongs to this run."""
         if self.is_writer:
             files.remove_stale_temporaries(self.checkpoint_dir)
-            if self._fresh_pending:
+        if self._fresh_pending:   # every rank starts over; the writer deletes the other run's checkpoints
+            self._fresh_pending = False
+            if self.is_writer:
                 for _, path in files.checkpoint_files(self.checkpoint_dir):
                     path.unlink(missing_ok=True)
-        self._fresh_pending = False
+            return
         path, checkpoint = files.newest_readable(self.checkpoint_dir, newer_than=self.step,
                                                  quarantine=self.is_writer)
         if checkpoint is None:
