@@ -47,6 +47,7 @@ B = 24 for float32 (so :math:`|Z| \le 5.9`), B = 32 for float64 (:math:`|Z| \le 
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -102,6 +103,15 @@ def _xor_key(a: torch.Tensor, b, key: int, out: torch.Tensor | None = None) -> t
     return torch.bitwise_xor(big, small ^ key, out=out)
 
 
+@functools.lru_cache(maxsize=64)
+def _round_keys(k0: int, k1: int, rounds: int, device: torch.device) -> torch.Tensor:
+    """The ``(rounds, 2)`` int64 tensor of every round's key ``(k0, k1)``, built once per key and
+    device: on CUDA a fresh one would be a host-to-device copy at every draw (the tensor is only
+    read, never written)."""
+    return torch.tensor([[(k0 + i * PHILOX_W0) & MASK32, (k1 + i * PHILOX_W1) & MASK32]
+                         for i in range(rounds)], dtype=torch.int64, device=device)
+
+
 def _philox_rounds(c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor | int,
                    k0: int, k1: int, rounds: int = PHILOX_ROUNDS,
                    workspace: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,9 +161,7 @@ def _philox_rounds(c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: tor
         torch.bitwise_right_shift(new, 32, out=x)  # x = (hi(M1 c2), hi(M0 c0))
         if product is not None:
             if round_keys is None:  # (k0, k1) of every round, as a (rounds, 2, 1, ...) tensor
-                round_keys = torch.tensor(
-                    [[(k0 + i * PHILOX_W0) & MASK32, (k1 + i * PHILOX_W1) & MASK32] for i in range(rounds)],
-                    dtype=torch.int64, device=x.device).view(rounds, 2, *([1] * len(shape)))
+                round_keys = _round_keys(k0, k1, rounds, x.device).view(rounds, 2, *([1] * len(shape)))
             x.bitwise_xor_(product).bitwise_xor_(round_keys[r])  # ^ (c1, c3) ^ (k0, k1)
         else:
             x0.bitwise_xor_(low0 ^ key0)
