@@ -151,9 +151,17 @@ def _load_plugins(subparsers) -> None:
                           f"{type(error).__name__}: {error}", stacklevel=2)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line on stderr, exit code 2 (no usage block;
+    sub-command parsers made by ``add_subparsers`` are of the same class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sdekit`` parser with the core sub-commands and every plugin's."""
-    parser = argparse.ArgumentParser(prog="sdekit", description="Numerical SDEs and ODEs in PyTorch.")
+    parser = OneLineParser(prog="sdekit", description="Numerical SDEs and ODEs in PyTorch.")
     from . import __version__
     parser.add_argument("--version", action="version", version=f"sdekit {__version__}")
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")

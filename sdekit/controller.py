@@ -24,6 +24,17 @@ controller as given by Hairer & Wanner (1996, §IV.2, eq. 2.43c: exponents :math
 Nørsett & Wanner's (§II.4). A non-finite ratio (NaN or infinite candidate) rejects the step and
 shrinks it by :math:`f_{min}` without entering the memory.
 
+Two further options express other published rules. ``factor_after_reject`` is the cap of the step
+accepted right after a rejection (1 above; ``inf`` lifts it), and ``combine="max"`` mixes the
+tolerances as :math:`\max(\mathrm{atol}, \mathrm{rtol}\,\max(|x_{0,i}|, |x_{1,i}|))` instead of
+their sum. Jolicoeur-Martineau et al.'s (2021, Algorithm 1) rule
+:math:`h \leftarrow \theta h E^{-r}` after every attempt is the I controller with
+:math:`\beta_I = r k`, :math:`\beta_P = \beta_D = 0`, ``safety`` :math:`= \theta`,
+``factor_min=0``, ``factor_max=inf``, ``factor_after_reject=inf`` and ``combine="max"`` (its
+factor after a rejection, :math:`\theta E^{-r} < \theta` for :math:`E > 1`, is below the cap
+``safety``); with ``factor_min=0`` a non-finite ratio sets the step to zero, the limit of
+:math:`\theta h E^{-r}` as :math:`E \to \infty`, which :meth:`PIDController.stalled` reports.
+
 Everything works on tensors with no host synchronisation: ``h`` and ``ratio`` are 0-d (one step
 for the whole batch) or ``(batch,)`` (one step per sample, ``per_sample=True``), and the PID memory
 (:class:`ControllerState`) has their shape. A loop::
@@ -43,9 +54,13 @@ bound is :math:`h_0 \lVert f_0 \rVert \le 0.01 \lVert x_0 \rVert`.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Callable, NamedTuple
 
 import torch
+
+COMBINE = ("sum", "max")   # how atol and rtol mix: atol + rtol |x|, or max(atol, rtol |x|)
 
 
 class ControllerState(NamedTuple):
@@ -65,24 +80,38 @@ class PIDController:
         error_order: order of the solver's embedded error estimate (``Solver.error_order``); the
             local error is taken to scale as :math:`h^{k}`, :math:`k` = ``error_order + 1``.
         pcoeff, icoeff, dcoeff: the PID coefficients :math:`\\beta_P, \\beta_I, \\beta_D`.
-        safety, factor_min, factor_max: as in the module docstring.
+        safety, factor_min, factor_max: as in the module docstring (``factor_min=0`` and
+            ``factor_max=inf``: no clipping).
+        factor_after_reject: the cap of the factor for the step accepted right after a rejection
+            (Hairer, Nørsett & Wanner's 1; ``inf``: none).
+        combine: how the tolerances mix in :meth:`error_ratio`: ``"sum"`` (atol + rtol |x|,
+            Hairer, Nørsett & Wanner) or ``"max"`` (max(atol, rtol |x|), Jolicoeur-Martineau et
+            al. 2021).
         per_sample: one step size per sample (ratios reduced per sample to shape ``(batch,)``)
             instead of one for the batch (0-d).
     """
 
     def __init__(self, rtol: float, atol: float, error_order: float, *, pcoeff: float = 0.4,
                  icoeff: float = 0.3, dcoeff: float = 0.0, safety: float = 0.9,
-                 factor_min: float = 0.2, factor_max: float = 10.0, per_sample: bool = False):
+                 factor_min: float = 0.2, factor_max: float = 10.0, factor_after_reject: float = 1.0,
+                 combine: str = "sum", per_sample: bool = False):
         rtol, atol = float(rtol), float(atol)
-        if rtol < 0 or atol < 0 or rtol + atol <= 0:
-            raise ValueError(f"tolerances must be non-negative and not both zero; got rtol={rtol}, atol={atol}")
+        # NaN passes here: the first step size is then NaN, which the solve reports at once
+        if rtol < 0 or atol < 0 or rtol + atol <= 0 or math.isinf(rtol) or math.isinf(atol):
+            raise ValueError(f"tolerances must be finite, non-negative and not both zero; got rtol={rtol}, "
+                             f"atol={atol}")
         if error_order is None or not error_order > 0:
             raise ValueError(f"error_order must be positive (the solver's declared error_order), "
                              f"got {error_order!r}")
-        if not 0 < factor_min < 1 <= factor_max or not 0 < safety <= 1:
-            raise ValueError(f"need 0 < factor_min < 1 <= factor_max and 0 < safety <= 1; got factor_min="
-                             f"{factor_min}, factor_max={factor_max}, safety={safety}")
+        if not 0 <= factor_min < 1 <= factor_max or not 0 < safety <= 1 or not factor_after_reject >= 1:
+            raise ValueError(f"need 0 <= factor_min < 1 <= factor_max, factor_after_reject >= 1 and "
+                             f"0 < safety <= 1; got factor_min={factor_min}, factor_max={factor_max}, "
+                             f"factor_after_reject={factor_after_reject}, safety={safety}")
+        if combine not in COMBINE:
+            raise ValueError(f"combine must be one of {COMBINE} (atol + rtol |x|, or max(atol, rtol |x|)), "
+                             f"got {combine!r}")
         self.rtol, self.atol, self.per_sample = rtol, atol, per_sample
+        self.factor_after_reject, self.combine = float(factor_after_reject), combine
         self.error_order = float(error_order)
         self.pcoeff, self.icoeff, self.dcoeff = pcoeff, icoeff, dcoeff
         self.safety, self.factor_min, self.factor_max = safety, factor_min, factor_max
@@ -91,7 +120,9 @@ class PIDController:
 
     def __repr__(self) -> str:
         return (f"PIDController(rtol={self.rtol}, atol={self.atol}, error_order={self.error_order}, "
-                f"pcoeff={self.pcoeff}, icoeff={self.icoeff}, dcoeff={self.dcoeff}, "
+                f"pcoeff={self.pcoeff}, icoeff={self.icoeff}, dcoeff={self.dcoeff}, safety={self.safety}, "
+                f"factor_min={self.factor_min}, factor_max={self.factor_max}, "
+                f"factor_after_reject={self.factor_after_reject}, combine={self.combine!r}, "
                 f"per_sample={self.per_sample})")
 
     # -- norms -----------------------------------------------------------------------------------
@@ -104,8 +135,12 @@ class PIDController:
 
     def error_ratio(self, error: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         """Scaled RMS norm of ``error`` (module docstring): 0-d, or ``(batch,)`` when ``per_sample``."""
-        scale = self.atol + self.rtol * torch.maximum(x0.abs(), x1.abs())
-        return self._rms(error / scale)
+        return self._rms(error / self._scale(torch.maximum(x0.abs(), x1.abs())))
+
+    def _scale(self, magnitude: torch.Tensor) -> torch.Tensor:
+        """The elementwise tolerance at state magnitude ``|x|`` (``combine``)."""
+        relative = self.rtol * magnitude
+        return self.atol + relative if self.combine == "sum" else relative.clamp_min(self.atol)
 
     # -- the three decisions -----------------------------------------------------------------------
 
@@ -133,7 +168,7 @@ class PIDController:
 
     def _hairer_initial_step(self, drift, t0, span, x0, f0, diffusion):
         """Hairer, Nørsett & Wanner (1993), §II.4 'starting step size' (module docstring)."""
-        scale = self.atol + self.rtol * x0.abs()
+        scale = self._scale(x0.abs())
         if f0 is None:
             f0 = drift(t0, x0)
         d0, d1 = self._rms(x0 / scale), self._rms(f0 / scale)
@@ -145,7 +180,8 @@ class PIDController:
             noise_bound = (0.01 * d0 / torch.where(noisy, dg, torch.ones_like(dg))) ** 2
             h0 = torch.where(noisy, torch.minimum(h0, noise_bound), h0)
         h0 = torch.minimum(h0, span)
-        step = h0.reshape(-1, *([1] * (x0.dim() - 1))) if self.per_sample else h0
+        # per-sample steps (times in the time dtype) multiply the state in its dtype
+        step = h0.reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype) if self.per_sample else h0
         f1 = drift(t0 + h0, x0 + step * f0)
         d2 = self._rms((f1 - f0) / scale) / h0
         largest = torch.maximum(d1, d2)
@@ -168,7 +204,9 @@ class PIDController:
         if e3:
             factor = factor * state.before ** (-e3)
         ones = torch.ones_like(factor)
-        cap = torch.where(accept, torch.where(state.rejected, ones, self.factor_max * ones), self.safety * ones)
+        after_reject = min(self.factor_after_reject, self.factor_max)
+        cap = torch.where(accept, torch.where(state.rejected, after_reject * ones, self.factor_max * ones),
+                          self.safety * ones)
         factor = torch.minimum(factor.clamp(self.factor_min, self.factor_max), cap)
         factor = torch.where(finite, factor, torch.full_like(factor, self.factor_min))
         state = ControllerState(torch.where(accept, ratio, state.previous),

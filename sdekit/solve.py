@@ -26,10 +26,11 @@ import torch
 from . import solvers as _solvers
 from .controller import PIDController
 from .errors import MaxStepsError, NonFiniteError, ShapeError
-from .problems import apply_diffusion, brownian_shape, check_output, diffusion_shape, is_sde
+from .problems import (apply_diffusion, brownian_shape, check_output, check_state_resolution, diffusion_shape,
+                       function_time_dtype, is_sde, time_dtype)
 from .solution import Solution
 from .solvers.base import Increment, Solver
-from .validation import positive_int
+from .validation import finite_number, positive_int
 
 CHUNK = 32
 DEFAULT_MAX_STEPS = 100_000
@@ -37,12 +38,15 @@ DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-6  # when only one of rtol/atol is given
 
 
 class _Prepared:
-    """The problem as solvers see it: time possibly flipped, evaluations counted, outputs checked:
-    type and dtype on the first call, shape on every call (a comparison of sizes, no host sync)."""
+    """The problem as solvers see it: time possibly flipped and in the problem's time dtype
+    (:func:`~sdekit.problems.function_time_dtype` of the state: the solver's float64 grid reaches a
+    float32 problem as float32), evaluations counted, outputs checked: type and dtype on the first
+    call, shape on every call (a comparison of sizes, no host sync)."""
 
-    def __init__(self, problem, x_shape: tuple[int, ...], flip: bool):
+    def __init__(self, problem, x_shape: tuple[int, ...], flip: bool, x_dtype: torch.dtype):
         self.problem = problem
         self.flip = flip
+        self._t_dtype = function_time_dtype(x_dtype)
         self.nfe = 0
         self.noise_type = getattr(problem, "noise_type", None)
         self.batched_time = getattr(problem, "batched_time", False)
@@ -54,9 +58,14 @@ class _Prepared:
             self.diffusion = self._first_diffusion
         if callable(getattr(problem, "score", None)):
             self._score = problem.score
-            self.score = self._score_flipped if flip else problem.score
+            self.score = self._score_flipped if flip else self._score_timed
+
+    def _time(self, t):
+        """``t`` in the problem's time dtype (a no-op when the grid already is)."""
+        return t.to(self._t_dtype) if isinstance(t, torch.Tensor) and t.dtype != self._t_dtype else t
 
     def _first_drift(self, t, x):
+        t = self._time(t)
         value = self._drift(-t if self.flip else t, x)
         check_output("drift", self.problem, value, tuple(x.shape), dtype=x.dtype)
         self.drift = self._drift_flipped if self.flip else self._drift_counted
@@ -65,19 +74,20 @@ class _Prepared:
 
     def _drift_counted(self, t, x):
         self.nfe += 1
-        value = self._drift(t, x)
+        value = self._drift(self._time(t), x)
         if value.shape != x.shape:
             check_output("drift", self.problem, value, tuple(x.shape))
         return value
 
     def _drift_flipped(self, t, x):
         self.nfe += 1
-        value = self._drift(-t, x)
+        value = self._drift(-self._time(t), x)
         if value.shape != x.shape:
             check_output("drift", self.problem, value, tuple(x.shape))
         return -value
 
     def _first_diffusion(self, t, x):
+        t = self._time(t)
         value = self._diffusion(-t if self.flip else t, x)
         self._diffusion_shape = diffusion_shape(self.problem, tuple(x.shape))
         check_output("diffusion", self.problem, value, self._diffusion_shape, dtype=x.dtype)
@@ -85,13 +95,17 @@ class _Prepared:
         return value
 
     def _diffusion_checked(self, t, x):
+        t = self._time(t)
         value = self._diffusion(-t if self.flip else t, x)
         if value.shape != self._diffusion_shape:
             check_output("diffusion", self.problem, value, self._diffusion_shape)
         return value
 
+    def _score_timed(self, t, x):
+        return self._score(self._time(t), x)
+
     def _score_flipped(self, t, x):
-        return self._score(-t, x)
+        return self._score(-self._time(t), x)
 
 
 def _as_time(value, name: str) -> float:
@@ -144,7 +158,7 @@ def _time_grid(t0: float, t1: float, steps, ts, save_at, like: torch.Tensor) -> 
         mask = torch.isclose(grid[:, None], save[None, :], rtol=0, atol=1e-12 * max(1.0, abs(t1 - t0))).any(1)
     else:
         mask = torch.zeros(grid.numel(), dtype=torch.bool)
-    return grid.to(like.device, like.dtype), mask
+    return grid.to(like.device, time_dtype(like.dtype, like.device)), mask
 
 
 def _save_times(t0: float, t1: float, save_at) -> torch.Tensor | None:
@@ -225,11 +239,13 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
         raise ValueError("give steps= (equal steps) or ts= (an explicit grid), not both: ts= already fixes "
                          "the steps")
     max_steps = positive_int(max_steps, "max_steps")
+    if dt0 is not None:   # 0 is left to the solve, which reports the collapsed step with its time
+        dt0 = finite_number(dt0, "dt0 (the first step's length)", minimum=0)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(42)), got "
                         f"{type(generator).__name__} {generator!r}")
     flip = t1 < t0
-    prepared = _Prepared(problem, tuple(x0.shape), flip)
+    prepared = _Prepared(problem, tuple(x0.shape), flip, x0.dtype)
     sde = is_sde(problem)
     noise = None
     if sde:
@@ -244,6 +260,7 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
         return _solve_adaptive(prepared, solver, controller, x0, t0, t1, noise, _save_times(t0, t1, save_at),
                                max_steps, progress, dt0)
     grid, save_mask = _time_grid(t0, t1, steps, ts, save_at, x0)
+    check_state_resolution(grid.numel() - 1, x0.dtype)
     return _solve_fixed(prepared, solver, x0, grid, save_mask, noise, progress, save_at is not None)
 
 
@@ -335,7 +352,7 @@ def _solve_adaptive(problem: _Prepared, solver: Solver, controller: PIDControlle
     retried on the same path (its bridge). One host sync per attempted step.
     """
     sign = -1.0 if problem.flip else 1.0
-    like = dict(dtype=x0.dtype, device=x0.device)
+    like = dict(dtype=time_dtype(x0.dtype, x0.device), device=x0.device)   # times and step sizes
     span = abs(t1 - t0)
     t = torch.tensor(t0 * sign, **like)
     save_s = [] if save is None else sorted(set((save * sign).tolist()))
@@ -422,7 +439,7 @@ def _solve_adaptive_per_sample(problem: _Prepared, solver: Solver, controller: P
     evaluations. One host sync per iteration.
     """
     sign = -1.0 if problem.flip else 1.0
-    like = dict(dtype=x0.dtype, device=x0.device)
+    like = dict(dtype=time_dtype(x0.dtype, x0.device), device=x0.device)   # times and step sizes
     batch = x0.shape[0]
     t_end = torch.full((batch,), t1 * sign, **like)
     t = torch.full((batch,), t0 * sign, **like)
@@ -453,7 +470,9 @@ def _solve_adaptive_per_sample(problem: _Prepared, solver: Solver, controller: P
         t_start = torch.where(done, t_end - h_step, t)
         t_next = torch.where(hits_end | done, t_end, t_start + h_step)
         dW, H = noise.increments_per_sample(t_start * sign, t_next * sign)
-        increment = Increment((t_next - t_start).reshape(trailing), dW, H if solver.needs_levy_area else None)
+        # per-sample step sizes multiply the state: in its dtype (a 0-d one would not promote it)
+        increment = Increment((t_next - t_start).reshape(trailing).to(x0.dtype), dW,
+                              H if solver.needs_levy_area else None)
         x_new, error, state_new = solver.step(problem, t_start, t_next, x, increment, state)
         ratio = controller.error_ratio(error, x, x_new)
         accepted, h_new, memory_new = controller.adapt_step_size(t_next - t_start, ratio, memory)

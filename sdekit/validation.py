@@ -40,3 +40,28 @@ def choice(value, choices: Iterable[str], name: str) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
+
+
+def device(value, name: str = "device"):
+    """``value`` (a :class:`torch.device` or its name, e.g. ``"cpu"``, ``"cuda:1"``) as a
+    :class:`torch.device` this machine has; :class:`ValueError` for an unknown name, CUDA or MPS
+    that is not available, or a CUDA index beyond the devices present (torch's own errors there are
+    an ``AssertionError`` or a list of every backend it knows)."""
+    import torch
+
+    try:
+        result = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name} must be a device such as 'cpu', 'cuda' or 'cuda:0', got {value!r}") from None
+    if result.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {value!r}: CUDA is not available on this machine; use 'cpu'")
+        if result.index is not None and result.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} {value!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif result.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{name} {value!r}: MPS is not available on this machine; use 'cpu'")
+    elif result.type not in ("cpu", "meta"):
+        raise ValueError(f"{name} {value!r}: only cpu, cuda and mps devices are supported")
+    return result

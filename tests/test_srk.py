@@ -320,6 +320,44 @@ def test_controller_coefficients_and_validation():
         i_controller.init(h, h, h)
 
 
+def test_controller_expresses_the_gotta_go_fast_rule():
+    """Jolicoeur-Martineau et al. (2021): h <- theta h E^-r after every attempt, no clipping, no cap
+    after a rejection, mixed tolerance max(atol, rtol max(|x0|, |x1|)); as an I controller."""
+    theta, r, inf = 0.9, 0.9, float("inf")
+    controller = PIDController(0.05, 0.0078, error_order=1.0, pcoeff=0.0, icoeff=2 * r, dcoeff=0.0,
+                               safety=theta, factor_min=0.0, factor_max=inf, factor_after_reject=inf,
+                               combine="max", per_sample=True)
+    h, state = controller.init(torch.zeros(5, dtype=DTYPE), torch.ones(5, dtype=DTYPE),
+                               torch.ones(5, 2, dtype=DTYPE), dt0=0.01)
+    ratio = torch.tensor([1e-6, 0.5, 3.0, 1e3, float("inf")], dtype=DTYPE)
+    accept, h_next, state = controller.adapt_step_size(h, ratio, state)
+    assert accept.tolist() == [True, True, False, False, False]
+    expected = (0.01 * theta * ratio[:4] ** -r).tolist() + [0.0]   # E = inf: the limit, h = 0
+    assert h_next.tolist() == pytest.approx(expected, rel=1e-14)
+    assert h_next[0].item() > 0.01 * 1e4                            # no factor_max (10 by default)
+    # the step right after a rejection grows freely (Hairer's rule would cap it at 1)
+    _, h_after, _ = controller.adapt_step_size(h_next, torch.full((5,), 1e-3, dtype=DTYPE), state)
+    assert h_after[2].item() == pytest.approx(h_next[2].item() * theta * 1e-3 ** -r, rel=1e-14)
+    assert bool(PIDController.stalled(torch.zeros(1, dtype=DTYPE), h_after[4:], 1.0))
+    x0 = torch.tensor([[0.01, 1.0]], dtype=DTYPE)
+    x1 = torch.tensor([[0.02, -3.0]], dtype=DTYPE)
+    error = torch.tensor([[0.001, 0.1]], dtype=DTYPE)
+    scale = torch.tensor([0.0078, 0.05 * 3.0], dtype=DTYPE)            # max(atol, rtol max|x|)
+    single = PIDController(0.05, 0.0078, 1.0, combine="max", per_sample=True)
+    assert single.error_ratio(error, x0, x1).item() == pytest.approx(
+        (error[0] / scale).pow(2).mean().sqrt().item(), rel=1e-14)
+    summed = PIDController(0.05, 0.0078, 1.0, per_sample=True)        # the default: atol + rtol|x|
+    assert summed.error_ratio(error, x0, x1).item() == pytest.approx(
+        (error[0] / (0.0078 + 0.05 * torch.tensor([0.02, 3.0], dtype=DTYPE))).pow(2).mean().sqrt().item(),
+        rel=1e-14)
+    with pytest.raises(ValueError, match="factor_after_reject"):
+        PIDController(1e-3, 1e-3, 1.0, factor_after_reject=0.5)
+    with pytest.raises(ValueError, match="combine"):
+        PIDController(1e-3, 1e-3, 1.0, combine="min")
+    with pytest.raises(ValueError, match="factor_min"):
+        PIDController(1e-3, 1e-3, 1.0, factor_min=-0.1)
+
+
 def test_controller_initial_step_per_sample_equals_shared():
     """Hairer-Norsett-Wanner's initial step per sample is the shared one of each sample alone, and
     is bounded by the noise for an SDE."""

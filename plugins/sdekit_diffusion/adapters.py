@@ -11,7 +11,12 @@ returns the discrete-time SDE of the scheduler's table and the model's score:
   timestep on diffusers' grids, fractional between them);
 - its output is read as ``scheduler.config.prediction_type``: ``"epsilon"``
   (:math:`s = -\hat\epsilon/\sigma`), ``"v_prediction"`` (:math:`v = \alpha\epsilon - \sigma x_0`,
-  Salimans & Ho 2022) or ``"sample"`` (:math:`\hat x_0`); see :mod:`sdekit_diffusion.score`.
+  Salimans & Ho 2022) or ``"sample"`` (:math:`\hat x_0`); see :mod:`sdekit_diffusion.score`;
+- a learned-variance model (``scheduler.config.variance_type == "learned_range"``, ``2C`` output
+  channels: the prediction, then :math:`v`; Nichol & Dhariwal 2021, eq. 15) gives a
+  :class:`~sdekit_diffusion.variance.LearnedVarianceScore`: every sampler uses its prediction,
+  and ``ancestral`` with ``variance="learned"`` also its :math:`v` (diffusers' ``DDPMScheduler``
+  with ``variance_type="learned_range"``).
 
 The schedulers' own ``timestep_spacing`` grids are ``skd.time_grid(sde, steps, "trailing" |
 "leading" | "linspace")`` (:mod:`sdekit_diffusion.time_grids`).
@@ -27,11 +32,15 @@ import torch
 
 from .score import as_score, network_output
 from .sde import DiffusionSDE, ScoreFunction
+from .variance import LearnedVarianceScore
 
 #: diffusers' ``prediction_type`` -> sdekit's prediction name (:data:`sdekit_diffusion.PREDICTIONS`)
 DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 #: timesteps closer than this to an integer are snapped to it (float rounding of on-grid times)
 SNAP = 1e-3
+#: diffusers' ``variance_type`` values whose model output carries v (eq. 15's interpolation);
+#: ``"learned"`` (the variance itself in the second half) has no counterpart in sdekit
+LEARNED_VARIANCE_TYPES = ("learned_range",)
 
 
 def _config_value(scheduler: Any, key: str, default: Any) -> Any:
@@ -64,7 +73,9 @@ class DiffusersDenoiser:
     ``model(x, timestep, **model_kwargs)`` runs, its output is unwrapped (``.sample``, or the
     first element of a tuple), a learned-variance output of ``2 C`` channels keeps its first
     ``C`` (the mean prediction; diffusers' ``variance_type="learned" | "learned_range"``, Nichol &
-    Dhariwal 2021) and the result returns in ``x``'s dtype and device.
+    Dhariwal 2021), or all ``2 C`` with ``learned_variance=True`` (which then requires them, for
+    :class:`~sdekit_diffusion.variance.LearnedVarianceScore`), and the result returns in ``x``'s
+    dtype and device.
 
     ``grad``: ``None`` (default) records autograd through the model only when ``x`` requires
     grad (a likelihood's divergence, gradient guidance), so a sampling loop keeps no graph of the
@@ -72,15 +83,18 @@ class DiffusersDenoiser:
     """
 
     def __init__(self, model: Callable, model_kwargs: dict | None = None, *,
-                 grad: bool | None = None):
+                 grad: bool | None = None, learned_variance: bool = False):
         if not callable(model):
             raise TypeError(f"model must be callable as model(sample, timestep, **kwargs), got "
                             f"{type(model).__name__}")
         if grad not in (None, True, False):
             raise ValueError(f"grad must be None (auto), True or False, got {grad!r}")
+        if not isinstance(learned_variance, bool):
+            raise ValueError(f"learned_variance must be True or False, got {learned_variance!r}")
         self.model = model
         self.model_kwargs = dict(model_kwargs or {})
         self.grad = grad
+        self.learned_variance = learned_variance
 
     def __call__(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         reference = _parameter(self.model)
@@ -95,7 +109,16 @@ class DiffusersDenoiser:
             output = self.model(x.to(device=device, dtype=dtype), timestep, **self.model_kwargs)
         output = network_output(output)
         channels = x.shape[1] if x.dim() > 1 else None
-        if channels is not None and output.dim() == x.dim() and output.shape[1] == 2 * channels:
+        doubled = channels is not None and output.dim() == x.dim() and output.shape[1] == 2 * channels
+        if self.learned_variance:
+            if not doubled or output.shape[2:] != x.shape[2:] or output.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"the model returned shape {tuple(output.shape)} for a sample of shape {tuple(x.shape)}; "
+                    f"a learned-variance model (variance_type='learned_range') must return twice the "
+                    f"sample's channels, {(x.shape[0], 2 * x.shape[1], *x.shape[2:])}: check out_channels "
+                    "of the model's config, or the scheduler's variance_type")
+            return output.to(device=x.device, dtype=x.dtype)
+        if doubled:
             output = output[:, :channels]          # learned variance: mean prediction first
         if output.shape != x.shape:
             raise ValueError(
@@ -107,7 +130,7 @@ class DiffusersDenoiser:
 
 
 def from_diffusers(model: Callable, scheduler: Any, *, prediction_type: str | None = None,
-                   quantize: bool = False, grad: bool | None = None,
+                   variance_type: str | None = None, quantize: bool = False, grad: bool | None = None,
                    **model_kwargs) -> tuple[DiffusionSDE, ScoreFunction]:
     r"""``(sde, score_fn)`` for a diffusers model and its scheduler (module docstring).
 
@@ -122,6 +145,11 @@ def from_diffusers(model: Callable, scheduler: Any, *, prediction_type: str | No
             schedulers, or a smaller value where that would not keep the log-SNR decreasing
             (:class:`~sdekit_diffusion.schedules.DiscreteSchedule`).
         prediction_type: overrides the scheduler's (``"epsilon"``, ``"v_prediction"``, ``"sample"``).
+        variance_type: overrides the scheduler's ``variance_type``; ``"learned_range"`` makes the
+            score a :class:`~sdekit_diffusion.variance.LearnedVarianceScore` of the model's ``2C``
+            channels (``ancestral`` with ``variance="learned"`` reads its ``v``); any other value
+            (``"fixed_small"``, ``"learned"``, ...) uses the first ``C`` channels of a ``2C``
+            output as the prediction and ignores the rest.
         quantize: round the network's timestep to the nearest integer (default: fractional
             timesteps between grid points, as DPM-Solver does; diffusers' grids are integer anyway).
         grad: autograd through the model (see :class:`DiffusersDenoiser`; default: only when the
@@ -134,7 +162,8 @@ def from_diffusers(model: Callable, scheduler: Any, *, prediction_type: str | No
     Returns:
         ``sde`` (a :class:`DiffusionSDE` on a :class:`~sdekit_diffusion.schedules.DiscreteSchedule`,
         ``t_min = 1/N``, ``t_max = 1``) and ``score_fn(t, x)`` (``t`` of shape ``(batch,)``), in
-        ``x``'s dtype whatever the model's.
+        ``x``'s dtype whatever the model's; a
+        :class:`~sdekit_diffusion.variance.LearnedVarianceScore` for ``variance_type="learned_range"``.
 
     The scheduler's sampling options (``clip_sample``, ``thresholding``) are not applied: sdekit
     integrates the model's score as it is. Example::
@@ -163,10 +192,17 @@ def from_diffusers(model: Callable, scheduler: Any, *, prediction_type: str | No
         # DDIM/DDPM keep the 0; give DiscreteSchedule the 0 and let it choose the stand-in
         alphas_cumprod = torch.as_tensor(alphas_cumprod).detach().cpu().to(torch.float64).clone()
         alphas_cumprod[-1] = 0.0
+    if variance_type is None:
+        variance_type = _config_value(scheduler, "variance_type", None)
+    if variance_type is not None and not isinstance(variance_type, str):
+        raise ValueError(f"variance_type must be a diffusers variance_type name such as 'learned_range' or "
+                         f"'fixed_small', got {variance_type!r}")
+    learned = variance_type in LEARNED_VARIANCE_TYPES
     sde = DiffusionSDE.from_alphas_cumprod(alphas_cumprod, quantize=quantize)
-    denoiser = DiffusersDenoiser(model, model_kwargs, grad=grad)
-    score_fn = as_score(denoiser, sde, DIFFUSERS_PREDICTIONS[prediction_type])
+    denoiser = DiffusersDenoiser(model, model_kwargs, grad=grad, learned_variance=learned)
+    prediction = DIFFUSERS_PREDICTIONS[prediction_type]
+    score_fn = LearnedVarianceScore(denoiser, sde, prediction) if learned else as_score(denoiser, sde, prediction)
     return sde, score_fn
 
 
-__all__ = ["from_diffusers", "DiffusersDenoiser", "DIFFUSERS_PREDICTIONS"]
+__all__ = ["from_diffusers", "DiffusersDenoiser", "DIFFUSERS_PREDICTIONS", "LEARNED_VARIANCE_TYPES"]

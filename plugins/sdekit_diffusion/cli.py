@@ -106,6 +106,11 @@ def _train(args) -> int:
     from .training import Trainer, sample_plot_callback
     from .vlb import quantize
     _check_train_flags(args)
+    check_device(args.device)
+    try:
+        check_output_path(args.output, directory=True, what="--output")   # before any work
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     try:
         data = load_data(args.data, n=args.n, seed=args.seed)
         if data.ndim < 2:
@@ -151,10 +156,15 @@ def _sample(args) -> int:
         record = registry.get(args.solver)
     except ValueError as error:
         raise CommandError(str(error)) from None
+    if args.seed < 0:
+        raise CommandError(f"--seed must be a non-negative integer, got {args.seed}")
     options = {"seed": args.seed}
     if record.adaptive:
         if args.steps is not None:
             raise CommandError(f"--solver {args.solver} is adaptive: give --rtol/--atol instead of --steps")
+        for flag, value in (("--rtol", args.rtol), ("--atol", args.atol)):
+            if value is not None and not 0 <= value < float("inf"):   # NaN too
+                raise CommandError(f"{flag} must be a finite number >= 0, got {value}")
         options.update({k: v for k, v in (("rtol", args.rtol), ("atol", args.atol)) if v is not None})
     else:
         if args.rtol is not None or args.atol is not None:
@@ -162,6 +172,12 @@ def _sample(args) -> int:
             raise CommandError(f"--rtol/--atol need an adaptive sampler ({adaptive}); "
                                f"{args.solver} takes --steps")
         options["steps"] = DEFAULT_SAMPLE_STEPS if args.steps is None else args.steps
+        if options["steps"] < record.min_steps:
+            raise CommandError(f"--steps must be an integer >= {record.min_steps} for --solver {args.solver}, "
+                               f"got {options['steps']}")
+    options.update(_sampler_flags(args, record))
+    if args.shape is not None and (not args.shape or min(args.shape) < 1):
+        raise CommandError(f"--shape must be positive sizes, e.g. 2 or 1,8,8, got {args.shape}")
     if args.n < 1:
         raise CommandError(f"--n must be a positive number of samples, got {args.n}")
     check_device(args.device)
@@ -169,6 +185,7 @@ def _sample(args) -> int:
         output = check_output_path(args.output, what="--output")
     except ValueError as error:
         raise CommandError(str(error)) from None
+    _check_output_format(output)
     path = Path(args.checkpoint)
     if path.is_dir():
         try:
@@ -180,9 +197,15 @@ def _sample(args) -> int:
         trainer = Trainer.load(path, device=args.device, progress=False)
     except (ValueError, FileNotFoundError) as error:
         raise CommandError(str(error)) from None
+    if args.variance == "learned" and not trainer.learn_variance:
+        raise CommandError(f"--variance learned needs a model that learns its variance (sdekit train "
+                           f"--learn-variance); {path} does not: use --variance beta_tilde or beta")
     shape = tuple(args.shape) if args.shape else trainer.sample_shape
     if shape is None:
         raise CommandError(f"{path} does not record the sample shape; give --shape, e.g. --shape 1,28,28")
+    if trainer.sample_shape is not None and tuple(shape) != tuple(trainer.sample_shape):
+        raise CommandError(f"--shape {','.join(map(str, shape))} does not match the model's samples of shape "
+                           f"{tuple(trainer.sample_shape)} (from {path}); drop --shape")
     try:
         solution = sample(trainer.sde, trainer.score_fn(ema=not args.no_ema), (args.n, *shape), solver=args.solver,
                           time_grid=args.time_grid, denoise=args.denoise, progress=not args.quiet,
@@ -196,6 +219,42 @@ def _sample(args) -> int:
         plot_samples(samples, output, title=f"{args.solver}, {solution.nfe} NFE")
     print(f"{args.n} samples of shape {shape} from {path} with {args.solver} ({solution.nfe} NFE); wrote {output}")
     return 0
+
+
+def _check_output_format(output: Path) -> None:
+    """:class:`CommandError` unless ``output`` is ``.npy`` or an image format matplotlib writes
+    (checked before sampling, so no samples are lost to a late error)."""
+    if output.suffix.lower() == ".npy":
+        return
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise CommandError(f"--output {output}: plots need matplotlib (pip install matplotlib); or write "
+                           ".npy") from None
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if output.suffix.lower().lstrip(".") not in formats:
+        raise CommandError(f"--output {output}: write .npy (the samples) or a plot as "
+                           f"{', '.join('.' + f for f in sorted(formats))}")
+
+
+# flags of `sdekit sample` that are options of some samplers: (flag, attribute, option name)
+SAMPLER_FLAGS = (("--variance", "variance", "variance"), ("--clip-denoised", "clip_denoised", "clip_denoised"))
+
+
+def _sampler_flags(args, record) -> dict:
+    """The sampler options given as flags (``--variance``, ``--clip-denoised``); :class:`CommandError`
+    for one that ``record``'s sampler does not take, naming the samplers that do."""
+    from .samplers import registry
+    options = {}
+    for flag, attribute, option in SAMPLER_FLAGS:
+        value = getattr(args, attribute)
+        if value in (None, False):
+            continue
+        if option not in record.options:
+            takers = ", ".join(r.name for r in registry.records() if option in r.options)
+            raise CommandError(f"{flag} is an option of {takers}; --solver {record.name} does not take it")
+        options[option] = value
+    return options
 
 
 def _guarded(function):
@@ -220,6 +279,7 @@ def register(subparsers) -> None:
     from .data import TOY_SETS
     from .samplers import available
     from .time_grids import GRIDS
+    from .variance import VARIANCES
     train = subparsers.add_parser(
         "train", help="train a score network by denoising score matching",
         description="Train an MLP (vector data) or a U-Net (images) on a diffusion SDE. Checkpoints go to "
@@ -299,6 +359,11 @@ def register(subparsers) -> None:
     sample.add_argument("--shape", type=_int_list, default=None,
                         help="sample shape, e.g. 2 or 1,8,8 (default: the training data's, from the checkpoint)")
     sample.add_argument("--denoise", action="store_true", help="finish with a Tweedie denoising step")
+    sample.add_argument("--variance", choices=VARIANCES, default=None,
+                        help="--solver ancestral: the reverse step's variance, beta_tilde (the posterior's, "
+                             "default), beta, or learned (a model trained with --learn-variance; Improved DDPM)")
+    sample.add_argument("--clip-denoised", action="store_true",
+                        help="--solver ancestral: clamp the data prediction to [-1, 1] (data scaled to [-1, 1])")
     sample.add_argument("--no-ema", action="store_true", help="use the live weights instead of the EMA")
     sample.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     sample.add_argument("--device", default="auto", help="(default: %(default)s)")

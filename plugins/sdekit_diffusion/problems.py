@@ -16,6 +16,8 @@ from typing import Sequence
 
 import torch
 
+import sdekit
+
 from .sde import DiffusionSDE, ScoreFunction, _as_time, append_dims, batch_time
 
 
@@ -71,7 +73,11 @@ class GaussianMixture:
 
     def _component_logp(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):
         """``(log w_k + log N(x; alpha mu_k, v_k I)`` of shape ``(batch, K)``, the differences
-        ``x - alpha mu_k`` ``(batch, K, *dims)`` and ``v_k`` ``(batch, K)``; alpha, sigma ``(batch,)``."""
+        ``x - alpha mu_k`` ``(batch, K, *dims)`` and ``v_k`` ``(batch, K)``; alpha, sigma ``(batch,)``.
+        :class:`sdekit.ShapeError` unless ``x`` has shape ``(batch, *dims)``."""
+        if tuple(x.shape[1:]) != self.dims:
+            raise sdekit.ShapeError(f"the mixture's samples have shape {self.dims}; got states of shape "
+                                    f"{tuple(x.shape)}, expected (batch, {', '.join(map(str, self.dims))})")
         weights, means, stds = self._to(x)
         diff = x[:, None] - alpha.reshape(-1, 1, *([1] * len(self.dims))) * means[None]
         var = alpha[:, None] ** 2 * stds[None] ** 2 + sigma[:, None] ** 2
@@ -91,7 +97,7 @@ class GaussianMixture:
             logp, diff, var = self._marginal(sde, t, x)
             resp_over_var = torch.softmax(logp, dim=1) / var
             return -(resp_over_var.reshape(*resp_over_var.shape, *([1] * len(self.dims)))
-                     * diff).sum(1)
+                     * diff).sum(1).to(x.dtype)   # float64 times would promote a float32 x
         return score
 
     def marginal_log_prob(self, sde: DiffusionSDE, t, x: torch.Tensor) -> torch.Tensor:

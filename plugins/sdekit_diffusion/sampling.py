@@ -13,11 +13,12 @@ import torch
 
 import sdekit
 
-from sdekit.validation import finite_number, positive_int
+from sdekit.problems import check_state_resolution, time_dtype
+from sdekit.validation import device as check_device, finite_number, positive_int
 
 from .sde import DiffusionSDE
 from .samplers import registry
-from .samplers._common import Context, CountedScore, NormalStream
+from .samplers._common import Context, CountedScore, NormalStream, check_brownian
 from .time_grids import check_time_grid, time_grid as make_time_grid
 
 DEFAULT_STEPS = 1000   # score_sde's N = 1000 discretisation steps (Song et al. 2021, VP and VE)
@@ -101,13 +102,27 @@ def sample(sde: DiffusionSDE, score_fn: Callable, shape=None, *, x_T: torch.Tens
         progress: a tqdm bar. callback: ``callback(i, x, t, denoised)`` after each step ``i``
             (``denoised``: the step's :math:`\hat x_0` when the sampler forms one, else ``None``).
         options: ``seed`` (int), ``sample_offset`` (index of this batch's first sample in a larger
-            run), ``dtype``/``device`` (for a ``shape``-given prior), and the sampler's own options
-            (e.g. ``eta``, ``corrector``, ``snr``, ``rtol``, ``S_churn``).
+            run), ``dtype``/``device`` (for a ``shape``-given prior; the device is checked:
+            :func:`sdekit.validation.device`), and the sampler's own options
+            (e.g. ``eta``, ``corrector``, ``snr``, ``rtol``, ``S_churn``); ``brownian``: a
+            :class:`sdekit.BrownianTree` of the samples' shape, dtype and device over an interval
+            holding the grid, which then drives the sampler's noise (any stochastic sampler: a core
+            SDE solver through :func:`sdekit.solve`'s ``brownian=``, a plugin sampler through
+            :meth:`~sdekit_diffusion.samplers._common.Context.step_normal`), so that samplers can
+            be compared on one path; deterministic samplers refuse it.
 
     Returns:
         :class:`sdekit.Solution` with ``x`` (the samples), ``ts``/``grid`` (the time grid, or the
         accepted times of an adaptive sampler), ``nfe`` (exactly the number of ``score_fn``
         calls), ``n_steps``, ``n_rejected``.
+
+    Dtypes: the state (and ``x``) keeps ``x_T``'s or ``dtype``; the grid and the samplers'
+    coefficients are in the time dtype (``sdekit.problems.time_dtype``: float64 on CPU, at least
+    float32 elsewhere), cast to the state's dtype where they multiply it; ``score_fn`` receives
+    ``t`` in the state's dtype, float32 for a half-precision state
+    (``sdekit.problems.function_time_dtype``).
+    A bfloat16 state takes at most 128 fixed steps and a float16 one 1024
+    (``sdekit.problems.check_state_resolution``: beyond, the state's own rounding dominates).
 
     Sample ``i`` depends only on ``(seed, i + sample_offset)``, not on the batch size, for every
     sampler except the core's adaptive ones (``dopri5`` and ``adaptive_em`` share step sizes
@@ -117,10 +132,16 @@ def sample(sde: DiffusionSDE, score_fn: Callable, shape=None, *, x_T: torch.Tens
     if not isinstance(sde, DiffusionSDE):
         raise TypeError(f"sde must be a DiffusionSDE, got {type(sde).__name__}")
     record = registry.get(solver)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(42)), or "
+                        f"pass seed=, got {type(generator).__name__} {generator!r}")
     seed = _seed(options.pop("seed", None), generator)
     sample_offset = options.pop("sample_offset", 0)
+    brownian = options.pop("brownian", None)
     dtype = options.pop("dtype", torch.get_default_dtype())
     device = options.pop("device", generator.device if generator is not None else None)
+    if device is not None:
+        device = check_device(device)
     record.check_options(options)
     stream_args = dict(seed=seed, sample_offset=sample_offset)
     if x_T is None:
@@ -130,6 +151,8 @@ def sample(sde: DiffusionSDE, score_fn: Callable, shape=None, *, x_T: torch.Tens
     score = CountedScore(score_fn, sde)
     grid = _grid(sde, record, x, steps, time_grid, ts, t_min)
     _check_final_step(record, final_step, denoise)
+    if brownian is not None:
+        brownian = check_brownian(brownian, x, grid, solver, record.stochastic(options))
     if hasattr(sde.schedule, "precompute"):
         sde.schedule.precompute(grid)   # autograd schedules: f and g^2 on the grid in one pass
 
@@ -139,7 +162,7 @@ def sample(sde: DiffusionSDE, score_fn: Callable, shape=None, *, x_T: torch.Tens
         bar = tqdm(total=None if record.adaptive else len(grid) - 1, unit="step", leave=False,
                    desc=solver)
     ctx = Context(sde, score, stream, seed, sample_offset, callback, bar, progress=progress,
-                  final_zero=final_step == "zero")
+                  final_zero=final_step == "zero", brownian=brownian)
     try:
         result = record.function(ctx, x, grid, **options)
     finally:
@@ -164,16 +187,19 @@ def sample(sde: DiffusionSDE, score_fn: Callable, shape=None, *, x_T: torch.Tens
 
 
 def _grid(sde: DiffusionSDE, record, x: torch.Tensor, steps, time_grid, ts, t_min) -> torch.Tensor:
-    """The sampler's time grid (in ``x``'s dtype and device): ``[t_max, t_end]`` for an adaptive
-    sampler, the explicit ``ts`` checked, or ``time_grid(steps)``."""
+    """The sampler's time grid on ``x``'s device in the time dtype (``sdekit.problems.time_dtype``:
+    float64 on CPU, at least float32 elsewhere, whatever ``x``'s dtype, so a bfloat16 state still
+    steps through distinct times): ``[t_max, t_end]`` for an adaptive sampler, the explicit ``ts``
+    checked, or ``time_grid(steps)``."""
     name = repr(record.name)
+    dtype = time_dtype(x.dtype, x.device)
     if record.adaptive:
         if steps is not None or ts is not None:
             raise ValueError(f"{name} is adaptive: it chooses its own steps; give rtol=/atol= "
                              "(or its tolerance options) instead of "
                              f"{'steps=' if ts is None else 'ts='}")
         t_end = _final_time(sde, t_min)
-        return torch.tensor([sde.t_max, t_end], dtype=x.dtype, device=x.device)
+        return torch.tensor([sde.t_max, t_end], dtype=dtype, device=x.device)
     if ts is not None:
         given = [f"{key}=" for key, value in (("steps", steps), ("time_grid", time_grid),
                                               ("t_min", t_min)) if value is not None]
@@ -192,14 +218,13 @@ def _grid(sde: DiffusionSDE, record, x: torch.Tensor, steps, time_grid, ts, t_mi
         if len(grid) - 1 < record.min_steps:
             raise ValueError(f"{name} needs at least {record.min_steps} steps; the {time_grid!r} "
                              f"grid of steps={steps} has {len(grid) - 1}")
-    cast = grid.to(dtype=x.dtype, device=x.device)
+    cast = grid.to(dtype=dtype, device=x.device)
     repeated = int((cast[1:] >= cast[:-1]).sum())
-    if repeated:
+    if repeated:   # only a float32 grid (off the CPU) of about 10^7 steps gets here
         raise ValueError(
-            f"the {len(grid) - 1}-step grid has {repeated} steps of zero length in {x.dtype} (its times "
-            "round to the same value), which would cost score calls and move nothing; sample with a "
-            "float32 or float64 state (x_T.float(), dtype=torch.float32) and cast the samples, or take "
-            "fewer steps")
+            f"the {len(grid) - 1}-step grid has {repeated} steps of zero length in {dtype} (its times "
+            "round to the same value), which would cost score calls and move nothing; take fewer steps")
+    check_state_resolution(len(cast) - 1, x.dtype)   # bfloat16: 128 steps at most, float16: 1024
     return cast
 
 

@@ -61,7 +61,11 @@ def _as_time(t, like: torch.Tensor | None = None) -> torch.Tensor:
 
 def append_dims(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """A per-sample coefficient ``c`` of shape ``()`` or ``(batch,)``, broadcastable against ``x``
-    (k-diffusion's ``append_dims``)."""
+    and in ``x``'s dtype (k-diffusion's ``append_dims``): times and schedules are computed in the
+    time dtype (``sdekit.problems.time_dtype``, float64 on CPU) and cast here, where they meet the
+    state, so a bfloat16 state is not promoted (a mask or an integer ``c`` keeps its dtype)."""
+    if c.is_floating_point() and x.is_floating_point():
+        c = c.to(x.dtype)
     if c.dim() == 0:
         return c
     return c.reshape(c.shape[0], *([1] * (x.dim() - 1)))
@@ -381,15 +385,16 @@ class _ScoreProblem:
         self.t_min, self.t_max = sde.t_min, sde.t_max
 
     def score(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``score_fn(t, x)`` with ``t`` expanded to ``(batch,)``; :class:`sdekit.ShapeError` unless
-        the result has ``x``'s shape."""
+        """``score_fn(t, x)`` with ``t`` expanded to ``(batch,)`` (in the solver's time dtype,
+        float64 on CPU), returned in ``x``'s dtype; :class:`sdekit.ShapeError` unless the result
+        has ``x``'s shape."""
         s = self.score_fn(batch_time(t, x), x)
         if not isinstance(s, torch.Tensor) or s.shape != x.shape:
             got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
             raise sdekit.ShapeError(
                 f"score_fn returned {got} for a state of shape {tuple(x.shape)}; expected shape "
                 f"{tuple(x.shape)} (the score is the gradient of log p_t, one value per element)")
-        return s
+        return s if s.dtype == x.dtype else s.to(x.dtype)
 
     def _coefficients(self, t, x):
         t = _as_time(t, x)

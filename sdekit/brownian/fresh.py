@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 
+from ..problems import time_dtype
 from .generator import counter_normal
 from .source import Increments, as_times, check_shape, serial
 
@@ -27,13 +28,13 @@ class GeneratorNoise:
             generator.device if generator is not None else torch.device("cpu"))
 
     def increments(self, ts: torch.Tensor, levy_area: bool = False) -> Increments:
-        ts = as_times(ts, self.device).to(self.dtype)
+        ts = as_times(ts, self.device).to(time_dtype(self.dtype, self.device))  # distinct times
         dt = (ts[1:] - ts[:-1]).abs().reshape(-1, *([1] * len(self.shape)))
         count = ts.shape[0] - 1
         normals = torch.randn((2 if levy_area else 1, count, *self.shape), generator=self.generator,
                               dtype=self.dtype, device=self.device)
-        dW = dt.sqrt() * normals[0]
-        return dW, (dt / 12.0).sqrt() * normals[1] if levy_area else None
+        dW = dt.sqrt().to(self.dtype) * normals[0]
+        return dW, (dt / 12.0).sqrt().to(self.dtype) * normals[1] if levy_area else None
 
 
 class PerSampleNoise:
@@ -68,7 +69,7 @@ class PerSampleNoise:
         self.step = int(step)
 
     def increments(self, ts: torch.Tensor, levy_area: bool = False) -> Increments:
-        ts = as_times(ts, self.device).to(self.dtype)
+        ts = as_times(ts, self.device).to(time_dtype(self.dtype, self.device))  # distinct times
         count = ts.shape[0] - 1
         batch = self.shape[0]
         per_sample = math.prod(self.shape[1:])
@@ -79,7 +80,7 @@ class PerSampleNoise:
             normals = counter_normal(self.seed, keys, per_sample, self._normal_dtype).to(self.dtype)
         self.step += count
         dt = (ts[1:] - ts[:-1]).abs().reshape(-1, *([1] * len(self.shape)))
-        dW = dt.sqrt() * normals[:, :, 0].reshape(count, *self.shape)
+        dW = dt.sqrt().to(self.dtype) * normals[:, :, 0].reshape(count, *self.shape)
         if not levy_area:
             return dW, None
-        return dW, (dt / 12.0).sqrt() * normals[:, :, 1].reshape(count, *self.shape)
+        return dW, (dt / 12.0).sqrt().to(self.dtype) * normals[:, :, 1].reshape(count, *self.shape)

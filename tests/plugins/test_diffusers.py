@@ -15,7 +15,7 @@ import sdekit_diffusion as skd
 
 diffusers = pytest.importorskip("diffusers")
 
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler,  # noqa: E402
+from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,  # noqa: E402
                        UNet2DConditionModel, UNet2DModel)
 
 TOL = 1e-6
@@ -221,6 +221,47 @@ def test_learned_variance_keeps_the_mean_prediction():
     sde, score = skd.adapters.from_diffusers(net, scheduler)
     x = skd.sample(sde, score, x_T=x_T, solver="dpm_solver++_2m", steps=8, time_grid="linspace").x
     assert relative_l2(x, reference) <= TOL
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_learned_variance_ancestral_equals_diffusers_ddpm_on_the_same_noise(monkeypatch, clip):
+    """A 2C-channel model with DDPMScheduler(variance_type="learned_range"): sdekit's ancestral with
+    variance="learned" on the full chain (T - 1 steps, then the data prediction at timestep 0; with
+    clip: clip_denoised=True and the final prediction clamped) equals diffusers' step loop, whose
+    normals are replaced by sdekit's per-sample stream (the same noise, in the same order). The
+    learned variance is not a fixed one: beta_tilde and beta differ by far more."""
+    from diffusers.schedulers import scheduling_ddpm
+
+    from sdekit_diffusion.chain import DiscreteChain
+    from sdekit_diffusion.samplers._common import NormalStream
+    from sdekit_diffusion.variance import LearnedVarianceScore
+
+    T = 50
+    net = tiny_unet(channels=2, out_channels=4, seed=4)
+    scheduler = DDPMScheduler(num_train_timesteps=T, variance_type="learned_range", clip_sample=clip)
+    # its float32 tables in float64 (the same numbers): diffusers' 1 - a_n / a_{n-1} in float32 has
+    # a relative error of 1e-3 at beta = 1e-4, which log beta carries into the learned variance
+    for name in ("betas", "alphas", "alphas_cumprod", "one"):
+        setattr(scheduler, name, getattr(scheduler, name).double())
+    x_T = noise((3, 2, 4, 4), seed=5)
+    stream = NormalStream(x_T.shape, 7, 0, x_T.dtype, x_T.device)
+    monkeypatch.setattr(scheduling_ddpm, "randn_tensor", lambda shape, **kwargs: stream())
+    reference = run_diffusers(net, scheduler, T, x_T)
+    sde, score = skd.adapters.from_diffusers(net, scheduler)
+    assert isinstance(score, LearnedVarianceScore)
+    ts = DiscreteChain.from_sde(sde).sampling_grid()
+    samples = {}
+    for variance in ("learned", "beta_tilde", "beta"):
+        solution = skd.sample(sde, score, x_T=x_T, ts=ts, solver="ancestral", variance=variance, seed=7,
+                              clip_denoised=clip, denoise=True)
+        samples[variance] = solution.x.clamp(-1, 1) if clip else solution.x
+    assert solution.nfe == T
+    error = relative_l2(samples["learned"], reference)
+    print(f"learned variance vs diffusers DDPM, clip={clip}: relative error {error:.2e}")
+    assert error <= 1e-10
+    assert min(relative_l2(samples[v], reference) for v in ("beta_tilde", "beta")) > 1e-3
+    with pytest.raises(ValueError, match="twice the sample's channels"):
+        skd.adapters.from_diffusers(model(), scheduler)[1](torch.full((2,), 0.5), noise())
 
 
 def test_class_labels_pass_through():

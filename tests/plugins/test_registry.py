@@ -111,7 +111,72 @@ def test_sample_checks_times_dtypes_and_counts_up_front():
                 skd.sample(sde, score, (4, 2), solver=solver, t_min=t_min, **options)
     with pytest.raises(TypeError, match="floating-point dtype"):
         skd.sample(sde, score, (4, 2), solver="ddim", steps=4, dtype=torch.int64)
-    with pytest.raises(ValueError, match="zero length in torch.bfloat16"):
-        skd.sample(sde, score, (4, 2), solver="ddim", steps=1000, dtype=torch.bfloat16)
     solution = skd.sample(sde, score, (np.int64(4), 2), solver="ddim", steps=np.int64(5))
     assert solution.n_steps == 5 and solution.x.shape == (4, 2)
+
+
+def test_a_low_precision_state_steps_through_distinct_times_in_the_time_dtype():
+    """Issue 12 item 6: a bfloat16 state on a 128-step grid steps through 128 distinct float64
+    times (a bfloat16 grid of 1000 steps has 507), the score sees them as float32, the state stays
+    bfloat16 and near a float32 run on the same noise; more steps than the state's 1/eps are
+    refused, since the state's own rounding then dominates (measured: sample means off by 0.06-0.2
+    at 1000 bfloat16 steps, 0.02 at 128)."""
+    sde = skd.VPSDE()
+    exact = mixture().score_fn(sde)
+    seen = []
+
+    def score(t, x):
+        seen.append((t.dtype, x.dtype))
+        return exact(t, x)
+
+    low = skd.sample(sde, score, (256, 2), solver="ddim", steps=128, seed=3, dtype=torch.bfloat16)
+    assert low.x.dtype == torch.bfloat16 and low.ts.dtype == torch.float64
+    assert low.ts.unique().numel() == 129 and low.nfe == 128
+    assert set(seen) == {(torch.float32, torch.bfloat16)}
+    seen.clear()   # a float32 state: a float64 grid, the score called with float32 times as before
+    high = skd.sample(sde, score, (256, 2), solver="ddim", steps=128, seed=3, dtype=torch.float32)
+    assert high.ts.dtype == torch.float64 and set(seen) == {(torch.float32, torch.float32)}
+    assert (low.x.float() - high.x).abs().mean() < 0.05   # measured 0.020
+    for dtype, limit in ((torch.bfloat16, 128), (torch.float16, 1024)):
+        with pytest.raises(ValueError, match=f"{limit + 1} steps are too many for a {dtype} state"):
+            skd.sample(sde, exact, (4, 2), solver="ddim", steps=limit + 1, dtype=dtype)
+
+
+@pytest.mark.parametrize("name", samplers.available())
+def test_every_sampler_keeps_a_half_precision_state_in_its_dtype(name):
+    """Times and coefficients in float64 (CPU), the state in float16 throughout: no sampler
+    promotes it (coefficients are cast where they meet the state); the score sees float32 times."""
+    sde = skd.VPSDE()
+    record = samplers.get(name)
+    exact, seen = mixture().score_fn(sde), set()
+
+    def score(t, x):   # every call sees the state's dtype and float32 times
+        seen.add((t.dtype, x.dtype))
+        return exact(t, x)
+
+    options = {"rtol": 0.05, "atol": 0.05} if record.adaptive else {"steps": max(8, record.min_steps)}
+    solution = skd.sample(sde, score, (8, 2), solver=name, seed=1, dtype=torch.float16, **options)
+    assert solution.x.dtype == torch.float16 and bool(torch.isfinite(solution.x).all())
+    assert solution.ts.dtype == torch.float64 and seen == {(torch.float32, torch.float16)}
+
+
+def test_bad_devices_generators_tolerances_and_churn_are_refused_up_front():
+    """Issue 12 fresh probe: each of these ran (or failed in torch) before."""
+    sde = skd.VPSDE()
+    score = mixture().score_fn(sde)
+    bad_device = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda:0"
+    cases = [
+        (dict(solver="ddim", steps=4, device=bad_device), ValueError, "CUDA"),
+        (dict(solver="ddim", steps=4, device="tpu"), ValueError, "must be a device"),
+        (dict(solver="ddim", steps=4, generator=42), TypeError, "generator must be a torch.Generator"),
+        (dict(solver="dopri5", atol=float("inf")), ValueError, "tolerances must be finite"),
+        (dict(solver="adaptive_sde", rtol=float("inf")), ValueError, "tolerances must be finite"),
+        (dict(solver="edm_heun", steps=4, S_churn=-1.0), ValueError, "S_churn must be a finite number >= 0"),
+        (dict(solver="edm_heun", steps=4, S_churn=1.0, S_noise=float("nan")), ValueError, "S_noise"),
+        (dict(solver="edm_heun", steps=4, S_min=2.0, S_max=1.0), ValueError, "S_max must be a number >= S_min"),
+    ]
+    for options, error, message in cases:
+        with pytest.raises(error, match=message):
+            skd.sample(sde, score, (4, 2), **options)
+    with pytest.raises(sdekit.ShapeError, match=r"the mixture's samples have shape \(2,\)"):
+        skd.sample(sde, score, (4,), solver="ddim", steps=4)

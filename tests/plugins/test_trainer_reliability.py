@@ -218,3 +218,37 @@ def test_sample_uses_the_newest_checkpoint_of_a_folder_and_says_which(tmp_path, 
     assert f"using {tmp_path / 'model.pt'} (step 10; step_00000010.pt is at step 10)" in out
     assert "skipped unreadable step_00000015.pt" in out
     assert math.isfinite(float(np.load(tmp_path / "x.npy").sum()))
+
+
+def test_an_unwritable_checkpoint_dir_or_a_missing_device_is_refused_before_training(tmp_path):
+    """Issue 12 item 9 and the fresh probe: fit checks checkpoint_dir before the first step (the CLI
+    trained 5000 steps into /dev/null/x before failing); a device this machine lacks is a ValueError."""
+    run = trainer(checkpoint_dir="/dev/null/run")
+    with pytest.raises(ValueError, match="checkpoint_dir '/dev/null/run' cannot be written"):
+        run.fit(torch.randn(64, 2), steps=5, batch_size=16)
+    assert run.step == 0 and run.losses == []
+    bad = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    with pytest.raises(ValueError, match="CUDA"):
+        trainer(device=bad)
+
+
+def test_a_loaded_trainer_builds_its_optimizer_only_when_it_trains(tmp_path):
+    """Sampling a checkpoint needs no optimizer (building one imports torch._dynamo, seconds); the
+    optimizer's state is kept through a load and a save without one, and applied when training goes on:
+    resuming equals training straight through."""
+    data = torch.randn(128, 2, generator=torch.Generator().manual_seed(0))
+    first = trainer()
+    first.fit(data, steps=6, batch_size=16)
+    first.save(tmp_path / "a.pt")
+    loaded = Trainer.load(tmp_path / "a.pt", device="cpu", progress=False)
+    loaded.score_fn()(torch.full((4,), 0.5), torch.zeros(4, 2))
+    assert loaded._optimizer is None
+    loaded.save(tmp_path / "b.pt")   # the optimizer's state passes through unbuilt
+    again = Trainer.load(tmp_path / "b.pt", device="cpu", progress=False)
+    moments = again.optimizer.state_dict()["state"]
+    original = first.optimizer.state_dict()["state"]
+    assert all(torch.equal(moments[k]["exp_avg_sq"], original[k]["exp_avg_sq"]) for k in original)
+    again.fit(data, steps=10, batch_size=16)
+    straight = trainer()
+    straight.fit(data, steps=10, batch_size=16)
+    assert again.losses == straight.losses

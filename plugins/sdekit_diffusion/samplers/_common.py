@@ -15,14 +15,18 @@ from typing import Callable
 import torch
 
 import sdekit
+from sdekit.problems import function_time_dtype
 
 from ..sde import DiffusionSDE, append_dims, batch_time
 
 
 class CountedScore:
-    """``score_fn`` with every call counted (``calls``), its output shape checked
-    (:class:`sdekit.ShapeError`) and non-finite outputs recorded without a host sync
-    (:meth:`check_finite` raises :class:`sdekit.NonFiniteError` naming the first bad call)."""
+    """``score_fn`` with every call counted (``calls``), called with ``t`` of shape ``(batch,)`` in
+    ``x``'s dtype, float32 for a half-precision ``x`` (``sdekit.problems.function_time_dtype``; the
+    samplers' grids and coefficients are in ``sdekit.problems.time_dtype``), its output shape checked
+    (:class:`sdekit.ShapeError`) and cast to the state's dtype, non-finite outputs recorded without
+    a host sync (:meth:`check_finite` raises :class:`sdekit.NonFiniteError` naming the first bad
+    call)."""
 
     def __init__(self, score_fn: Callable, sde: DiffusionSDE):
         if not callable(score_fn):
@@ -34,7 +38,9 @@ class CountedScore:
         self._bad_time: torch.Tensor | None = None
 
     def __call__(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        t = batch_time(torch.as_tensor(t, dtype=x.dtype, device=x.device), x)
+        # times in x's dtype, float32 for a half-precision x (whose dtype cannot tell a fine grid's
+        # times apart); the score in x's dtype
+        t = batch_time(torch.as_tensor(t, dtype=function_time_dtype(x.dtype), device=x.device), x)
         s = self.score_fn(t, x)
         self.calls += 1
         if not isinstance(s, torch.Tensor) or s.shape != x.shape:
@@ -42,6 +48,8 @@ class CountedScore:
             raise sdekit.ShapeError(
                 f"score_fn returned {got} for a state of shape {tuple(x.shape)} (call {self.calls}); "
                 f"expected shape {tuple(x.shape)}: one score value per state element")
+        if s.dtype != x.dtype:
+            s = s.to(x.dtype)
         bad = ~torch.isfinite(s).all()
         index = torch.where(bad, self.calls, -1)
         if self._first_bad is None:
@@ -78,12 +86,94 @@ class NormalStream:
         return self.noise.increments(self._unit)[0][0]
 
 
+NOISE_CHUNK = 32   # grid steps per Brownian-tree query, as the core's fixed-step solve loop
+
+
+def check_brownian(brownian, x: torch.Tensor, ts: torch.Tensor, name: str, stochastic: bool):
+    """``brownian`` (``sample(..., brownian=)``) checked against the sampler and its state: a
+    :class:`sdekit.BrownianTree` of ``x``'s shape (:class:`sdekit.ShapeError`), dtype and device
+    whose interval holds the grid ``ts`` (one host sync), for a sampler that draws noise with its
+    options (``stochastic``)."""
+    if not stochastic:
+        raise ValueError(f"sampler {name!r} is deterministic with these options (it draws no noise), so "
+                         "brownian= has nothing to drive; drop brownian=, or use a stochastic sampler "
+                         "(e.g. euler_maruyama, reverse_diffusion, ancestral, pc, ddim with eta > 0, "
+                         "edm_heun with S_churn > 0, dpm_solver++_2m_sde, adaptive_sde)")
+    if not isinstance(brownian, sdekit.BrownianTree):
+        raise TypeError(f"brownian must be a sdekit.BrownianTree (a replayable Brownian path), got "
+                        f"{type(brownian).__name__}")
+    if tuple(brownian.shape) != tuple(x.shape):
+        raise sdekit.ShapeError(f"brownian has shape {tuple(brownian.shape)} but the samples have shape "
+                                f"{tuple(x.shape)}; build the tree with the samples' shape (batch, *dims)")
+    same_device = brownian.device.type == x.device.type and (
+        brownian.device.index is None or x.device.index is None or brownian.device.index == x.device.index)
+    if brownian.dtype != x.dtype or not same_device:
+        raise ValueError(f"brownian gives {brownian.dtype} on {brownian.device} but the samples are "
+                         f"{x.dtype} on {x.device}; build the tree with the samples' dtype= and device=")
+    t_start, t_end = torch.stack([ts[0], ts[-1]]).tolist()
+    low, high = min(brownian.t0, brownian.t1), max(brownian.t0, brownian.t1)
+    tolerance = 1e-9 * (high - low)
+    if low > min(t_start, t_end) + tolerance or high < max(t_start, t_end) - tolerance:
+        raise ValueError(f"brownian lives on [{low}, {high}] but {name} runs over "
+                         f"[{min(t_start, t_end):.6g}, {max(t_start, t_end):.6g}]; build the tree over "
+                         "[t_min, t_max] of the sampling (e.g. [sde.t_min, sde.t_max])")
+    return brownian
+
+
+class PathNoise:
+    r"""The standard normals of the grid steps from one Brownian path:
+    :math:`z_i = (W(t_{i+1}) - W(t_i))/\sqrt{|t_{i+1} - t_i|}` for step ``i`` of ``ts``, from
+    ``tree`` (a :class:`sdekit.BrownianTree`), queried ``NOISE_CHUNK`` steps at a time.
+
+    With ``splits = n``, :meth:`split` gives ``n`` more normals per step, independent of every
+    :math:`z_i` and of each other: :math:`\sqrt{12/h_k}\, H_k` with :math:`H_k` the space-time
+    Lévy area of the ``k``-th of ``n`` equal parts of the step (length :math:`h_k`). A Brownian
+    path's :math:`H_{a,b} \sim \mathcal N(0, (b-a)/12)` is independent of :math:`W_{a,b}` and of
+    the path outside :math:`[a, b]` (Foster, Lyons & Oberhauser 2020), so these are functions of
+    the path that no grid increment sees.
+    """
+
+    def __init__(self, tree, ts: torch.Tensor, splits: int = 0):
+        self.tree, self.ts, self.splits = tree, ts, splits
+        self.scale = torch.rsqrt((ts[:-1] - ts[1:]).abs()).to(tree.dtype)
+        self.start, self.chunk = 0, None
+        if splits:
+            fractions = torch.arange(splits, dtype=ts.dtype, device=ts.device) / splits
+            points = ts[:-1, None] + (ts[1:] - ts[:-1])[:, None] * fractions   # (N, n)
+            self.points = torch.cat([points.reshape(-1), ts[-1:]])
+            self.split_scale = torch.sqrt(12.0 / (self.points[:-1] - self.points[1:]).abs()).to(tree.dtype)
+            self.split_start, self.split_chunk = 0, None
+
+    def __call__(self, i: int) -> torch.Tensor:
+        """:math:`z_i` (shape ``tree.shape``)."""
+        if self.chunk is None or not self.start <= i < self.start + NOISE_CHUNK:
+            self.start = i
+            self.chunk = self.tree.increments(self.ts[i:i + NOISE_CHUNK + 1])[0]
+        return self.chunk[i - self.start] * self.scale[i]
+
+    def split(self, i: int, k: int) -> torch.Tensor:
+        """The ``k``-th Lévy-area normal of step ``i`` (``0 <= k < splits``)."""
+        j = i * self.splits + k
+        if self.split_chunk is None or not self.split_start <= j < self.split_start + NOISE_CHUNK * self.splits:
+            self.split_start = j
+            self.split_chunk = self.tree.increments(
+                self.points[j:j + NOISE_CHUNK * self.splits + 1], levy_area=True)[1]
+        return self.split_chunk[j - self.split_start] * self.split_scale[j]
+
+
 class Context:
     """A sampler's view of the problem: the SDE, the counted score, noise and reporting.
 
     ``score(t, x)``, ``eps(t, x)``, ``data(t, x)`` take ``t`` 0-d or ``(batch,)``; ``normal()`` draws
     per-sample normals; ``report(i, x, t, denoised)`` runs the callback and advances the progress bar
     (``progress``: whether the caller asked for one, for samplers that run their own loop).
+
+    Noise of a grid step: a sampler that needs a standard normal for step ``i`` of ``ts`` calls
+    ``step_normal(i, ts)``: a ``normal()`` draw, or, when ``sample(..., brownian=tree)`` gives a
+    :class:`sdekit.BrownianTree` (``brownian``), :math:`(W(t_{i+1}) - W(t_i))/\\sqrt{|t_{i+1} -
+    t_i|}` of that path (:class:`PathNoise`), so every stochastic sampler can run on one given
+    path. Normals that are not the step's increment (a Langevin corrector's) come from
+    ``split_normal(i, ts, k, n)``: from the tree, the Lévy-area normals of :meth:`PathNoise.split`.
 
     ``final_zero`` (``sample(..., final_step="zero")``, only for samplers registered with
     ``data_prediction=True``): the last step goes from ``ts[-2]`` to :math:`\\sigma = 0` instead of
@@ -93,11 +183,36 @@ class Context:
 
     def __init__(self, sde: DiffusionSDE, score: CountedScore, normal: NormalStream,
                  seed: int, sample_offset: int, callback=None, bar=None, progress: bool = False,
-                 final_zero: bool = False):
+                 final_zero: bool = False, brownian=None):
         self.sde, self.score, self.normal = sde, score, normal
         self.seed, self.sample_offset = seed, sample_offset
         self.callback, self.bar, self.progress = callback, bar, progress
         self.final_zero = bool(final_zero)
+        self.brownian = brownian
+        self._path: PathNoise | None = None
+
+    # noise ------------------------------------------------------------------------------------
+    def path_noise(self, ts: torch.Tensor, splits: int = 0) -> PathNoise:
+        """The :class:`PathNoise` of ``brownian`` on the grid ``ts`` (built once per grid; one with
+        ``splits`` parts per step also serves the steps' own normals)."""
+        path = self._path
+        if path is None or path.ts is not ts or (splits and path.splits != splits):
+            path = self._path = PathNoise(self.brownian, ts, splits)
+        return path
+
+    def step_normal(self, i: int, ts: torch.Tensor) -> torch.Tensor:
+        r"""The standard normal of step ``i`` of the grid ``ts``: a fresh per-sample draw, or
+        :math:`(W(t_{i+1}) - W(t_i))/\sqrt{|t_{i+1} - t_i|}` of ``brownian`` when given."""
+        if self.brownian is None:
+            return self.normal()
+        return self.path_noise(ts)(i)
+
+    def split_normal(self, i: int, ts: torch.Tensor, k: int, n: int) -> torch.Tensor:
+        """The ``k``-th of ``n`` normals at step ``i`` independent of the step's own (a fresh draw,
+        or the Lévy-area normal :meth:`PathNoise.split` of ``brownian`` when given)."""
+        if self.brownian is None:
+            return self.normal()
+        return self.path_noise(ts, n).split(i, k)
 
     def ends_at_zero(self, i: int, ts: torch.Tensor) -> bool:
         """Whether step ``i`` of the grid ``ts`` is the step to :math:`\\sigma = 0` (Python ints

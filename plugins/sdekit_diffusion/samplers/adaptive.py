@@ -16,13 +16,25 @@ accepts when :math:`E \le 1`, moving to :math:`t - h` with :math:`x''` (``extrap
 paper's default) or :math:`x'`; every sample then sets
 :math:`h \leftarrow \min(t - t_{min}, \theta h E^{-r})`.
 
+The decisions are :class:`sdekit.PIDController`'s, the one controller of every adaptive loop: the
+rule above is its I controller with exponent :math:`r` (``icoeff = r k``, ``pcoeff = dcoeff = 0``,
+:math:`k` = ``error_order + 1`` = 2), ``safety`` :math:`= \theta`, no clipping of the factor
+(``factor_min=0``, ``factor_max=inf``, ``factor_after_reject=inf``) and ``combine="max"`` (the
+mixed tolerance :math:`\delta`, with :math:`x'_{prev}` in place of the step's start), so the steps
+are the paper's to the last bit. Beyond the paper: a NaN or infinite :math:`E` (a non-finite
+score) rejects the step and sets :math:`h = 0` (the limit :math:`E \to \infty`), and a step that
+is zero, NaN or too small to move :math:`t` raises :class:`sdekit.NonFiniteError` naming the time
+at once (the paper's loop would carry NaN times on).
+
 Noise (``noise=``):
 
 * ``"path"`` (default): :math:`\Delta W = W(t - h) - W(t)` of one Brownian path per sample, a
-  :class:`sdekit.brownian.BrownianTree` on :math:`[t_{min}, t_{max}]`. A rejected step's retry over
-  a shorter interval sees the Brownian bridge of the same path, so rejection does not select the
-  noise: the result converges to the solution of the reverse SDE driven by that path as the
-  tolerances tighten (rejection sampling on the noise, as below, does not).
+  :class:`sdekit.brownian.BrownianTree` on :math:`[t_{min}, t_{max}]`, or the tree given as
+  ``sample(..., brownian=tree)`` (e.g. the one a core solver is driven by, to compare both on one
+  path; its own seed and ``sample_offset`` then define the path). A rejected step's retry over a
+  shorter interval sees the Brownian bridge of the same path, so rejection does not select the noise: the
+  result converges to the solution of the reverse SDE driven by that path as the tolerances
+  tighten (rejection sampling on the noise, as below, does not).
 * ``"fresh"``: the paper's :math:`\Delta W = \sqrt h\, z` with a fresh normal :math:`z` at every
   attempt. Rejecting the large draws (they make the larger errors) and redrawing biases the
   samples where the error norm does not concentrate (few dimensions). On the 2-D Gaussian
@@ -37,6 +49,11 @@ Defaults from the paper (§3 and App. on hyper-parameters): :math:`\epsilon_{abs
 ``rel_tol`` are refused with a message naming these), :math:`\theta = 0.9`
 (``safety``), :math:`r = 0.9` (``exponent``), :math:`h_{init} = 0.01` (``h_init``).
 
+The grid ``ts`` is ``[t_start, t_min]``; the sampler refuses a ``t_min`` that is not finite, not
+below the start, or outside ``[sde.t_min, sde.t_max]`` (:class:`ValueError`, before any score call,
+with the message of ``sample``'s own check of ``t_min``), rather than return the prior noise or
+evaluate the schedule where it is not valid.
+
 ``t`` and ``h`` are ``(batch,)`` tensors; the score is called on the whole batch with each sample's
 own time, 2 calls per iteration (finished samples take zero steps). Sample ``b``'s noise is a
 function of ``(seed, b + sample_offset)`` and of its own times only (the path's element indices are
@@ -47,11 +64,14 @@ tree would otherwise meet prior sample indices.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 import sdekit
 from sdekit.brownian import BrownianTree
 
+from ..time_grids import TIME_SLACK
 from ._common import Context
 from .registry import register
 
@@ -60,8 +80,52 @@ REL_TOL = 0.05
 SAFETY = 0.9
 EXPONENT = 0.9
 H_INIT = 0.01
+ERROR_ORDER = 1.0  # Euler-Maruyama against improved Euler: the order the controller's k counts from
 PATH_SEED_TAG = 0xAD5DE  # seed of the Brownian path: seed + 2**64 * PATH_SEED_TAG
 NOISES = ("path", "fresh")
+
+
+def controller(rtol: float = REL_TOL, atol: float = ABS_TOL, safety: float = SAFETY,
+               exponent: float = EXPONENT) -> sdekit.PIDController:
+    r"""The paper's step-size rule :math:`h \leftarrow \theta h E^{-r}` (after every attempt) and
+    mixed tolerance as a per-sample :class:`sdekit.PIDController` (module docstring)."""
+    if not exponent > 0:
+        raise ValueError(f"exponent must be positive (the paper's r = {EXPONENT}), got {exponent!r}")
+    return sdekit.PIDController(rtol, atol, ERROR_ORDER, pcoeff=0.0, icoeff=exponent * (ERROR_ORDER + 1),
+                                dcoeff=0.0, safety=safety, factor_min=0.0, factor_max=math.inf,
+                                factor_after_reject=math.inf, combine="max", per_sample=True)
+
+
+def _interval(sde, ts: torch.Tensor) -> tuple[float, float]:
+    """``(t_start, t_end)`` of the grid ``[t_max, t_end]``, checked against the schedule (one host
+    sync): finite, ``t_end < t_start``, both inside ``[sde.t_min, sde.t_max]``; the messages are
+    those of ``sample``'s own check of ``t_min``."""
+    t_start, t_end = (float(v) for v in torch.stack([ts[0], ts[-1]]).tolist())
+    slack = TIME_SLACK * max(1.0, abs(sde.t_max))
+    if not math.isfinite(t_start) or not sde.t_min - slack <= t_start <= sde.t_max + slack:
+        raise ValueError(f"adaptive_sde starts at t={t_start}, outside [sde.t_min, sde.t_max] = "
+                         f"[{sde.t_min}, {sde.t_max}] where the schedule is valid")
+    if not math.isfinite(t_end):
+        raise ValueError(f"t_min must be a finite number, got {t_end!r}")
+    if not sde.t_min - slack <= t_end < t_start:
+        raise ValueError(f"t_min={t_end} must lie in [sde.t_min, sde.t_max) = [{sde.t_min}, {sde.t_max}), "
+                         f"below the start t={t_start}: adaptive_sde integrates from there down to t_min, "
+                         "inside the schedule")
+    return t_start, t_end
+
+
+def _path(ctx: Context, x: torch.Tensor, t_start: float, t_end: float, noise: str):
+    """The Brownian tree of ``noise="path"``: the one given as ``sample(..., brownian=)`` (checked
+    there), or one seeded from the sampler; None for ``noise="fresh"``."""
+    if ctx.brownian is not None:
+        if noise != "path":
+            raise ValueError(f"brownian= drives adaptive_sde by a Brownian path, noise={noise!r} draws "
+                             "fresh normals per attempt: drop one of them")
+        return ctx.brownian
+    if noise != "path":
+        return None
+    return BrownianTree(t_end, t_start, tuple(x.shape), seed=ctx.seed + (PATH_SEED_TAG << 64),
+                        sample_offset=ctx.sample_offset, dtype=x.dtype, device=x.device)
 
 
 @register("adaptive_sde", calls_per_step=2, stochastic=True, adaptive=True, order=1)
@@ -70,65 +134,82 @@ def adaptive_sde(ctx: Context, x: torch.Tensor, ts: torch.Tensor, rtol: float = 
                  h_init: float = H_INIT, extrapolation: bool = True,
                  max_steps: int = 10_000, noise: str = "path") -> sdekit.Solution:
     """Gotta-Go-Fast adaptive sampler (module docstring)."""
-    if not (atol >= 0 and rtol >= 0 and atol + rtol > 0):
-        raise ValueError(f"tolerances must be non-negative and not both zero; got rtol={rtol}, "
+    if not (0 <= atol < math.inf and 0 <= rtol < math.inf and atol + rtol > 0):   # NaN too
+        raise ValueError(f"tolerances must be finite, non-negative and not both zero; got rtol={rtol}, "
                          f"atol={atol}")
     if noise not in NOISES:
         raise ValueError(f"noise must be one of {NOISES} (a Brownian path, or the paper's fresh "
                          f"normals per attempt), got {noise!r}")
-    path = None
-    if noise == "path":
-        path = BrownianTree(float(ts[-1]), float(ts[0]), tuple(x.shape),
-                            seed=ctx.seed + (PATH_SEED_TAG << 64), sample_offset=ctx.sample_offset,
-                            dtype=x.dtype, device=x.device)
+    if not (isinstance(h_init, (int, float)) and math.isfinite(h_init) and h_init > 0):
+        raise ValueError(f"h_init must be a positive time step, got {h_init!r}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    control = controller(rtol, atol, safety, exponent)
+    t_start, t_end_value = _interval(ctx.sde, ts)
+    path = _path(ctx, x, t_start, t_end_value, noise)
     sde = ctx.sde
     batch = x.shape[0]
     shape = (batch,) + (1,) * (x.dim() - 1)
-    n = x[0].numel()
+    span = t_start - t_end_value
     t_end = ts[-1]
     t = ts[0].expand(batch).clone()
-    h = torch.full_like(t, h_init).minimum(t - t_end)
+    # h: the controller's proposal per sample; the step taken is min(h, t - t_min)
+    h, memory = control.init(t, t_end.expand(batch), x, dt0=h_init)
     x_prime_prev = x
     accepted = torch.zeros(batch, dtype=torch.long, device=x.device)
     rejected = torch.zeros_like(accepted)
     iterations = 0
     while True:
         active = t > t_end
-        if not bool(active.any()):
+        stalled = active & control.stalled(t, h, span)
+        any_active, any_stalled = torch.stack([active.any(), stalled.any()]).tolist()
+        if any_stalled:
+            _raise_stalled(ctx, t, h, stalled, control)
+        if not any_active:
             break
         if iterations >= max_steps:
             raise sdekit.MaxStepsError(
                 f"adaptive_sde took max_steps={max_steps} iterations and some samples are still at "
                 f"t up to {float(t.max()):.6g}; raise max_steps or loosen rtol/atol")
         iterations += 1
-        h = torch.where(active, h.minimum(t - t_end), torch.zeros_like(h))
-        last = h >= t - t_end
-        t_next = torch.where(last, t_end, t - h)
-        h_b = h.reshape(shape)
+        h_step = torch.where(active, h.minimum(t - t_end), torch.zeros_like(h))
+        last = h_step >= t - t_end
+        t_next = torch.where(last, t_end, t - h_step)
+        h_b = h_step.reshape(shape).to(x.dtype)   # times in the time dtype, the state in its own
         if path is not None:  # reverse time: W(t - h) - W(t), variance h (zero where h = 0)
             dW = path.increments_per_sample(t, t_next)[0]
         else:
             dW = torch.sqrt(h_b) * ctx.normal()
         f, g2 = sde.schedule.f_g2(t)
-        f, g2 = f.reshape(shape), g2.reshape(shape)
+        f, g2 = f.reshape(shape).to(x.dtype), g2.reshape(shape).to(x.dtype)
         x_prime = x - h_b * (f * x - g2 * ctx.score(t, x)) + torch.sqrt(g2) * dW
         f1, g21 = sde.schedule.f_g2(t_next)
-        f1, g21 = f1.reshape(shape), g21.reshape(shape)
+        f1, g21 = f1.reshape(shape).to(x.dtype), g21.reshape(shape).to(x.dtype)
         x_tilde = (x - h_b * (f1 * x_prime - g21 * ctx.score(t_next, x_prime))
                    + torch.sqrt(g21) * dW)
         x_second = 0.5 * (x_prime + x_tilde)
-        delta = torch.maximum(torch.as_tensor(atol, dtype=x.dtype, device=x.device),
-                              rtol * torch.maximum(x_prime.abs(), x_prime_prev.abs()))
-        error = ((x_prime - x_second) / delta).flatten(1).pow(2).sum(1).div(n).sqrt()
-        accept = active & (error <= 1)
+        error = control.error_ratio(x_prime - x_second, x_prime_prev, x_prime)
+        accept, h_new, memory = control.adapt_step_size(h_step, error, memory)
+        accept = active & accept
         accept_b = accept.reshape(shape)
         x = torch.where(accept_b, x_second if extrapolation else x_prime, x)
         x_prime_prev = torch.where(accept_b, x_prime, x_prime_prev)
         t = torch.where(accept, t_next, t)
         accepted += accept.long()
         rejected += (active & ~accept).long()
-        growth = safety * error.clamp(min=1e-10) ** -exponent
-        h = torch.minimum(t - t_end, h * growth)
+        h = torch.where(active, h_new.clamp(max=span), h)  # bounded: E = 0 would let it overflow
         ctx.report(iterations - 1, x, t, None)
     return sdekit.Solution(x=x, ts=ts[[0, -1]], xs=None, nfe=ctx.score.calls,
                            n_steps=int(accepted.max()), n_rejected=int(rejected.max()))
+
+
+def _raise_stalled(ctx: Context, t: torch.Tensor, h: torch.Tensor, stalled: torch.Tensor,
+                   control: sdekit.PIDController):
+    """The :class:`sdekit.NonFiniteError` of a step that is NaN, zero or too small to move ``t``:
+    the score's own error if it returned NaN or inf, else the time and step of the first sample."""
+    ctx.score.check_finite()
+    b = int(stalled.nonzero()[0, 0])
+    raise sdekit.NonFiniteError(
+        f"adaptive_sde's step size is {h[b].item():.3g} at t={t[b].item():.6g} (sample {b}): it cannot "
+        f"make progress; the state or score is NaN or infinite there, or the tolerances are not usable "
+        f"(rtol={control.rtol}, atol={control.atol})")

@@ -23,6 +23,12 @@ variance :math:`(\sigma_t^2-\sigma_s^2)\sigma_s^2/\sigma_t^2`) for VE. It equals
 ``eta = 1``. Both: one score call per step; weak order 1. ``ancestral`` with ``final_step="zero"``
 ends at :math:`\sigma_s = 0`, where the posterior is the point :math:`\hat x_0` (no noise).
 
+Noise: the normal :math:`z` of step ``i`` is ``ctx.step_normal(i, ts)``: a fresh per-sample
+draw, or :math:`(W(t_{i+1}) - W(t_i))/\sqrt{t_i - t_{i+1}}` of the Brownian tree given as
+``sample(..., brownian=tree)``, for which the noise terms :math:`\sigma_{t|s} z` and
+:math:`\tfrac{\sigma_{t|s}\sigma_s}{\sigma_t} z` are :math:`g\,\Delta W (1 + O(t - s))`: both
+samplers then converge to the reverse SDE's solution driven by that path.
+
 ``ancestral``'s ``variance`` (Nichol & Dhariwal 2021, "Improved DDPM", §3.1): with
 :math:`\beta = \sigma_{t|s}^2` and :math:`\tilde\beta = \sigma_{t|s}^2\sigma_s^2/\sigma_t^2` the noise
 variance of a step is ``"beta_tilde"`` :math:`\tilde\beta` (the default, the posterior's; DDPM's
@@ -69,7 +75,7 @@ def transition(ctx: Context, ts: torch.Tensor):
 def reverse_diffusion_step(ctx, i, ts, x, alpha_ts, sigma2_ts, noise=True):
     """One reverse-diffusion step from ``ts[i]`` to ``ts[i+1]``; returns ``(x, mean)``."""
     mean = (2 - alpha_ts[i]) * x + sigma2_ts[i] * ctx.score(ts[i], x)
-    return (mean + torch.sqrt(sigma2_ts[i]) * ctx.normal() if noise else mean), mean
+    return (mean + torch.sqrt(sigma2_ts[i]) * ctx.step_normal(i, ts) if noise else mean), mean
 
 
 def ancestral_step(ctx, i, ts, x, alpha_ts, sigma2_ts, sigma, noise=True, log_variances=None,
@@ -95,7 +101,7 @@ def ancestral_step(ctx, i, ts, x, alpha_ts, sigma2_ts, sigma, noise=True, log_va
     else:
         log_beta, log_beta_tilde = log_variances
         std = torch.exp(0.5 * interpolated_log_variance(learned.last_v, log_beta[i], log_beta_tilde[i]))
-    return (mean + std * ctx.normal() if noise else mean), mean
+    return (mean + std * ctx.step_normal(i, ts) if noise else mean), mean
 
 
 def step_log_variances(sigma2_ts: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

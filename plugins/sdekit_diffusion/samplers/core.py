@@ -14,7 +14,10 @@ probability-flow ODE, Song et al. 2021 §4.3), or runs ``torchdiffeq.odeint(meth
 ``backend="torchdiffeq"``; adaptive SDE solvers (``adaptive_em``) take ``rtol``/``atol`` (default
 ``1e-2``/``1e-2``) on a ``sdekit.BrownianTree`` (replayable, so rejected steps stay on one path).
 The core's :class:`sdekit.Solution` is returned as it is: its ``n_steps``, ``n_rejected`` and
-accepted ``grid``.
+accepted ``grid``. ``sample(..., brownian=tree)`` replaces both noise sources by the given
+:class:`sdekit.BrownianTree` (``sdekit.solve``'s ``brownian=``), fixed-step and adaptive alike;
+``core_pc`` with corrector steps then refuses it (its corrector draws from a ``torch.Generator``,
+not from the path: the plugin's ``pc`` takes its corrector noise from the tree).
 
 The plugin's own ``pc`` (predictor-corrector with the diffusion-aware Langevin step) takes the name
 ``"pc"``; the core's generic one is ``"core_pc"`` here.
@@ -68,17 +71,21 @@ def run_core(ctx: Context, x: torch.Tensor, ts: torch.Tensor, *, name: str,
                      **solver_options)
         return sdekit.Solution(x=out[-1], ts=times, xs=None, nfe=ctx.score.calls,
                                n_steps=ctx.score.calls, n_rejected=0)
+    if ctx.brownian is not None and name == "pc" and sdekit.solvers.get(name, **solver_options).n_corrector_steps:
+        raise ValueError("core_pc's Langevin corrector draws its noise from a torch.Generator, not from "
+                         "brownian=; use the plugin's sampler 'pc' (its corrector noise comes from the "
+                         "tree), or n_corrector_steps=0")
     if info["adaptive"]:
         default = ADAPTIVE_SDE_TOLERANCE if is_sde else DOPRI5_TOLERANCE
-        brownian = None
-        if is_sde:
+        brownian = ctx.brownian
+        if is_sde and brownian is None:
             from sdekit.brownian import BrownianTree
             brownian = BrownianTree(min(t0, t1), max(t0, t1), tuple(x.shape), seed=ctx.seed + 1,
                                     sample_offset=ctx.sample_offset, dtype=x.dtype, device=x.device)
         return sdekit.solve(problem, x, t0, t1, solver=name, rtol=default if rtol is None else rtol,
                             atol=default if atol is None else atol, brownian=brownian,
                             progress=ctx.progress, **solver_options)
-    noise = ctx.normal.noise if is_sde else None
+    noise = (ctx.normal.noise if ctx.brownian is None else ctx.brownian) if is_sde else None
     if ctx.callback is None:
         return sdekit.solve(problem, x, t0, t1, solver=name, ts=ts, brownian=noise,
                             progress=ctx.progress, **solver_options)

@@ -13,8 +13,10 @@ the paper's :math:`\sigma_t(\eta)` (eq. 16) in this notation: :math:`c^2 = \eta^
 DPM-Solver, :math:`x_s = \tfrac{\alpha_s}{\alpha_t} x_t - \sigma_s (e^{h} - 1)\hat\epsilon`,
 :math:`h = \lambda_s - \lambda_t` (Lu et al. 2022, §4.1): an exponential-integrator discretisation
 of the probability-flow ODE, global order 1. ``eta = 1`` is ancestral (DDPM) sampling. One score
-call per step. With ``final_step="zero"`` the last step goes to :math:`\sigma_s = 0`,
-:math:`x_s = \hat x_0` (diffusers' ``DDIMScheduler`` with ``set_alpha_to_one=True``).
+call per step. The normal :math:`z` of step ``i`` is ``ctx.step_normal(i, ts)`` (a fresh draw,
+or :math:`\Delta W/\sqrt{t - s}` of the tree given as ``sample(..., brownian=tree)``). With
+``final_step="zero"`` the last step goes to :math:`\sigma_s = 0`, :math:`x_s = \hat x_0`
+(diffusers' ``DDIMScheduler`` with ``set_alpha_to_one=True``).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def ddim(ctx: Context, x: torch.Tensor, ts: torch.Tensor, eta: float = 0.0) -> t
             eps = -sigma[i] * score
             x = alpha[i + 1] * x0 + direction[i] * eps
             if eta != 0:
-                x = x + c[i] * ctx.normal()
+                x = x + c[i] * ctx.step_normal(i, ts)
         ctx.report(i, x, ts[i + 1], x0)
     return x
 

@@ -54,8 +54,10 @@ grid), so the same seed at 20 and at 40 steps sees the same path and gives nearl
 (k-diffusion's ``BrownianTreeNoiseSampler`` does this in the variable :math:`\tilde\sigma`; any
 monotone time gives a standard normal :math:`z_i` of the same law, and the discrete noise
 :math:`\sigma_{i+1}\sqrt{2\eta h_i}\,z_i \approx \sigma\sqrt{2\eta |d\lambda/dt|}\,\Delta W`
-converges to one Itô integral as the grid refines). Increments are drawn in chunks of
-``NOISE_CHUNK`` steps (one query, and on CUDA one host sync of the tree's time check, per chunk).
+converges to one Itô integral as the grid refines); or the tree given as ``sample(...,
+brownian=tree)``, to run on the path another sampler sees. Increments are drawn in chunks of
+``NOISE_CHUNK`` steps (:class:`~sdekit_diffusion.samplers._common.PathNoise`: one query, and on
+CUDA one host sync of the tree's time check, per chunk).
 The path's seed is ``seed + 2**64 * PATH_SEED_TAG``, that of ``adaptive_sde``, so with the default
 ``t_min`` (the same tree interval) both samplers see the same path for one seed. ``"fresh"``: independent per-sample normals at every step
 (k-diffusion's ``default_noise_sampler``).
@@ -74,33 +76,29 @@ import math
 import torch
 from sdekit.brownian import BrownianTree
 
-from ._common import Context, schedule
+from ._common import Context, PathNoise, schedule
 from .adaptive import PATH_SEED_TAG
 from .registry import register
 
 NOISES = ("path", "fresh")
 SOLVER_TYPES = ("midpoint", "heun")
-NOISE_CHUNK = 32   # steps per Brownian query, as the core's fixed-step solve loop
 
 
-class PathNoise:
-    r""":math:`z_i = (W(t_{i+1}) - W(t_i))/\sqrt{t_i - t_{i+1}}` on the grid ``ts`` from one
-    per-sample Brownian path (module docstring), queried ``NOISE_CHUNK`` steps at a time."""
-
-    def __init__(self, ctx: Context, x: torch.Tensor, ts: torch.Tensor):
-        low = min(ctx.sde.t_min, float(ts[-1]))       # one host sync each, before the loop
-        high = max(ctx.sde.t_max, float(ts[0]))
-        self.tree = BrownianTree(low, high, tuple(x.shape), seed=ctx.seed + (PATH_SEED_TAG << 64),
-                                 sample_offset=ctx.sample_offset, dtype=x.dtype, device=x.device)
-        self.ts = ts
-        self.scale = torch.rsqrt(ts[:-1] - ts[1:])
-        self.start, self.chunk = 0, None
-
-    def __call__(self, i: int) -> torch.Tensor:
-        if self.chunk is None or not self.start <= i < self.start + NOISE_CHUNK:
-            self.start = i
-            self.chunk = self.tree.increments(self.ts[i:i + NOISE_CHUNK + 1])[0]
-        return self.chunk[i - self.start] * self.scale[i]
+def _path_noise(ctx: Context, x: torch.Tensor, ts: torch.Tensor, noise: str) -> PathNoise | None:
+    """The step normals of ``noise="path"``: from the tree given as ``sample(..., brownian=)``, or
+    from this sampler's own seeded tree (module docstring); None for ``noise="fresh"``."""
+    if ctx.brownian is not None:
+        if noise != "path":
+            raise ValueError(f"brownian= drives the sampler by a Brownian path, noise={noise!r} draws "
+                             "fresh normals per step: drop one of them")
+        return ctx.path_noise(ts)
+    if noise != "path":
+        return None
+    low = min(ctx.sde.t_min, float(ts[-1]))       # one host sync each, before the loop
+    high = max(ctx.sde.t_max, float(ts[0]))
+    tree = BrownianTree(low, high, tuple(x.shape), seed=ctx.seed + (PATH_SEED_TAG << 64),
+                        sample_offset=ctx.sample_offset, dtype=x.dtype, device=x.device)
+    return PathNoise(tree, ts)
 
 
 def _check(eta, s_noise, noise, solver_type) -> None:
@@ -131,7 +129,7 @@ def _multistep_sde(ctx: Context, x: torch.Tensor, ts: torch.Tensor, order: int, 
     r_prev2 = torch.cat([h[:2], h[:-2]])[:len(h)] / h    # r_1 = h_{i-2}/h_i (rows 0, 1 unused)
     noisy = eta != 0 and s_noise != 0
     noise_scale = s_noise * sigma[1:] * torch.sqrt(-torch.expm1(-2 * eta * h))
-    path = PathNoise(ctx, x, ts) if noisy and noise == "path" else None
+    path = _path_noise(ctx, x, ts, noise) if noisy else None
 
     history: list[torch.Tensor] = []                    # D_i, D_{i-1}, D_{i-2}
     for i in range(len(ts) - 1):

@@ -24,13 +24,18 @@ is their Euler step to 0, :math:`y = D(\hat y, \hat\sigma)` (one score call, ``2
 :math:`[t_{min}, t_{max}]`). Defaults ``S_churn = 0`` (deterministic: Heun's method in
 :math:`\tilde\sigma`, global order 2), ``S_min = 0``, ``S_max = inf``, ``S_noise = 1`` (Karras et al.
 Algorithm 2's neutral values; their tuned ImageNet values are ``S_churn=80, S_min=0.05, S_max=50,
-S_noise=1.003``, Table 5).
+S_noise=1.003``, Table 5). The churn's :math:`z` at step ``i`` is ``ctx.step_normal(i, ts)``: a
+fresh draw, or :math:`(W(t_{i+1}) - W(t_i))/\sqrt{t_i - t_{i+1}}` of the tree given as
+``sample(..., brownian=tree)`` (the path drives the noise; the churned sampler is not a
+discretisation of the reverse SDE, so it does not converge to that SDE's solution on the path).
 """
 from __future__ import annotations
 
 import math
 
 import torch
+
+from sdekit.validation import finite_number
 
 from ._common import Context, schedule
 from .registry import register
@@ -41,6 +46,11 @@ from .registry import register
 def edm_heun(ctx: Context, x: torch.Tensor, ts: torch.Tensor, S_churn: float = 0.0,
              S_min: float = 0.0, S_max: float = math.inf, S_noise: float = 1.0) -> torch.Tensor:
     """EDM Algorithm 2 (module docstring)."""
+    S_churn = finite_number(S_churn, "S_churn", minimum=0)
+    S_noise = finite_number(S_noise, "S_noise", minimum=0)
+    S_min = finite_number(S_min, "S_min", minimum=0)
+    if not (isinstance(S_max, (int, float)) and S_max >= S_min):   # S_max = inf: no upper limit
+        raise ValueError(f"S_max must be a number >= S_min = {S_min} (inf for no limit), got {S_max!r}")
     sde = ctx.sde
     alpha, sigma, lam = schedule(sde, ts)
     sigma_ve = torch.exp(-lam)
@@ -64,7 +74,7 @@ def edm_heun(ctx: Context, x: torch.Tensor, ts: torch.Tensor, S_churn: float = 0
     y = x / alpha[0]
     for i in range(steps):
         if churn:
-            y = y + noise_scale[i] * ctx.normal()
+            y = y + noise_scale[i] * ctx.step_normal(i, ts)
         x0 = denoiser(t_hat[i], alpha_hat[i], y)
         if ctx.ends_at_zero(i, ts):   # Euler to sigma = 0: y + (0 - sigma_hat) d = D (Algorithm 1)
             ctx.report(i, x0, ts[i + 1], x0)

@@ -26,6 +26,13 @@ ratio of :math:`\alpha` so that it holds for sub-VP, cosine and custom marginals
 
 ``snr = 0.16`` is score_sde's default (``configs/default_cifar10_configs.py``, ``sampling.snr``).
 Score calls per step: 1 (predictor) + ``n_corrector_steps``.
+
+Noise: the predictor's normal at step ``i`` is ``ctx.step_normal(i, ts)`` and the ``k``-th
+corrector step's ``ctx.split_normal(i, ts, k, n_corrector_steps)``: fresh per-sample draws, or,
+with ``sample(..., brownian=tree)``, the predictor's :math:`(W(t_{i+1}) - W(t_i))/\sqrt{t_i -
+t_{i+1}}` and the corrector's the Lévy-area normals of ``n_corrector_steps`` equal parts of the
+step (independent of every increment: :class:`~sdekit_diffusion.samplers._common.PathNoise`), so
+the samples are a function of the path.
 """
 from __future__ import annotations
 
@@ -45,7 +52,7 @@ def _euler_maruyama_step(ctx: Context, i, ts, x):
     f, g2 = ctx.sde.schedule.f_g2(t)
     dt = t - s
     mean = x - (f * x - g2 * ctx.score(t, x)) * dt
-    return mean + torch.sqrt(g2 * dt) * ctx.normal(), mean
+    return mean + torch.sqrt(g2 * dt) * ctx.step_normal(i, ts), mean
 
 
 def _per_sample(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -78,9 +85,9 @@ def pc(ctx: Context, x: torch.Tensor, ts: torch.Tensor, predictor: str = "revers
     a = alpha_ts ** 2           # (alpha(t_i) / alpha(t_{i+1}))^2 <= 1, = 1 for VE
     for i in range(len(ts) - 1):
         t = ts[i]
-        for _ in range(n_corrector_steps):
+        for k in range(n_corrector_steps):
             score = ctx.score(t, x)
-            z = ctx.normal()
+            z = ctx.split_normal(i, ts, k, n_corrector_steps)
             if corrector == "langevin":
                 noise_norm, score_norm = z.flatten(1).norm(dim=1), score.flatten(1).norm(dim=1)
                 if not per_sample:

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 
 import sdekit
+from sdekit.paths import check_output_path
+from sdekit.validation import device as check_device
 
 from ..losses import HYBRID_WEIGHT
 from ..nets import NETWORKS, UNet, build_net
@@ -40,10 +42,11 @@ from .options import check_flag, check_number
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` means CUDA when available, else CPU."""
+    """``"auto"`` means CUDA when available, else CPU; any other device is checked
+    (:func:`sdekit.validation.device`: :class:`ValueError` for one this machine does not have)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return check_device(device)
 
 
 class Trainer:
@@ -119,10 +122,8 @@ class Trainer:
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.callback = callback
         self.ema = averaged_copy(self.net)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
-        warm = self.warmup
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min(1.0, (step + 1) / warm) if warm else 1.0)
+        self._optimizer = self._scheduler = None   # built on first use (the optimizer property)
+        self._pending_optimizer_state = None       # (optimizer, scheduler) states of a loaded checkpoint
         self.step = 0
         self.losses: list[float] = []
         self._pending_losses: list[torch.Tensor] = []  # on the device, not yet read back
@@ -187,6 +188,7 @@ class Trainer:
         self.objective.check_data(data)
         self._data_fingerprint = files.data_fingerprint(data, self.sample_shape)
         if self.checkpoint_dir is not None:
+            check_output_path(self.checkpoint_dir, directory=True, what="checkpoint_dir")   # before any work
             self._resume()
         self._synchronize_start()
         batches = Batches(data, self.device, self.dtype, (self.rank, self.world_size))
@@ -299,15 +301,55 @@ class Trainer:
                "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        optimizer_state, scheduler_state = self._optimizer_states()
         return {
             "format": files.CHECKPOINT_FORMAT, "step": self.step, "losses": list(self.losses),
             "net_class": kind, "net_config": config, "net": self.net.state_dict(), "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng,
+            "optimizer": optimizer_state, "scheduler": scheduler_state, "rng": rng,
             "sde": sde_bytes, "sde_repr": repr(self.sde), "sde_fingerprint": files.sde_fingerprint(self.sde),
             "sample_shape": None if self.sample_shape is None else list(self.sample_shape),
             "data": self._data_fingerprint, "objective": self.objective.state_dict(),
             "trainer": self.options(),
         }
+
+    # -- the optimizer, built on first use -----------------------------------------------------------
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """Adam on the network's parameters, with the warm-up schedule :attr:`scheduler`, built on first
+        use with the state of a loaded checkpoint: building a torch optimizer imports torch._dynamo
+        (1.5-3.5 s on a small CPU), which sampling a loaded checkpoint does not need."""
+        if self._optimizer is None:
+            optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+            warm = self.warmup
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: min(1.0, (step + 1) / warm) if warm else 1.0)
+            if self._pending_optimizer_state is not None:
+                optimizer_state, scheduler_state = self._pending_optimizer_state
+                optimizer.load_state_dict(optimizer_state)
+                scheduler.load_state_dict(scheduler_state)
+                self._pending_optimizer_state = None
+            self._optimizer, self._scheduler = optimizer, scheduler
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        self._optimizer, self._pending_optimizer_state = optimizer, None
+
+    @property
+    def scheduler(self):
+        """The learning-rate schedule of :attr:`optimizer` (linear warm-up over ``warmup`` steps)."""
+        self.optimizer
+        return self._scheduler
+
+    @scheduler.setter
+    def scheduler(self, scheduler) -> None:
+        self._scheduler = scheduler
+
+    def _optimizer_states(self) -> tuple[dict, dict]:
+        """The optimizer's and scheduler's states, without building them for a loaded, unused trainer."""
+        if self._optimizer is None and self._pending_optimizer_state is not None:
+            return self._pending_optimizer_state
+        return self.optimizer.state_dict(), self.scheduler.state_dict()
 
     def load_state(self, checkpoint: dict) -> None:
         """Restore weights, EMA, optimizer, step, RNG states, loss history and the objective's state from a
@@ -325,8 +367,8 @@ class Trainer:
             self.ema.load_state_dict(checkpoint["ema"])
         except RuntimeError as error:
             raise ValueError(f"the checkpoint's weights do not fit this network: {error}") from None
-        self.optimizer.load_state_dict(optimizer_state)
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self._optimizer = self._scheduler = None   # rebuilt with these states on first use
+        self._pending_optimizer_state = (optimizer_state, checkpoint["scheduler"])
         self.step, self.losses = int(checkpoint["step"]), list(checkpoint["losses"])
         if checkpoint.get("sample_shape") is not None:
             self.sample_shape = tuple(checkpoint["sample_shape"])
