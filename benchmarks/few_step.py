@@ -1,77 +1,105 @@
-r"""Few-step sampling: error vs NFE of every deterministic sampler of ``skd.sample``, side by side
-with k-diffusion's and diffusers' samplers, all driven by the same exact score.
+r"""Few-step sampling: error vs NFE of every deterministic sampler of ``skd.sample`` on every time grid
+(and on a grid from ``skd.optimize_time_grid``, when the library has it), beside diffusers' and
+k-diffusion's samplers (``benchmarks/peers.py``) in the same run, on two problems:
 
-Problem: a Gaussian mixture (``--dim``, ``--components``; seeded) through the VP SDE (beta 0.1..20,
-``t`` from 1 to 1e-3), whose score is exact (:class:`sdekit_diffusion.GaussianMixture`). Every
-method starts from the same prior draws ``x_T`` and stops at ``t_min``; the error of a method is the
-mean over samples of the L2 distance between its ``x(t_min)`` and the reference: the
-probability-flow ODE solved by sdekit's ``dopri5`` at ``rtol = atol = 1e-10`` from the same ``x_T``.
-NFE counts the calls of the score (or of the denoiser / eps-model built on it) for every method.
+- ``mixture``: an 8-d mixture of 4 Gaussians (seeded; ``--dim``, ``--components``) through
+  ``skd.VPSDE()`` (beta 0.1..20, ``t`` from 1 to 1e-3) with its exact score
+  (:class:`sdekit_diffusion.GaussianMixture`); reference: the probability-flow ODE from the same
+  ``x_T`` solved by sdekit's ``dopri5`` at ``rtol = atol = 1e-10`` (the exact PF-ODE solution to
+  that tolerance).
+- ``digits``: the trained 8x8-digits U-Net shipped in ``benchmarks/assets/digits_unet16.pt``
+  (``benchmarks/assets/README.md``: the command that made it), loaded with
+  ``skd.Trainer.load``; its EMA weights run in float32, the samplers in float64. Reference: a
+  ``--reference-steps`` (1000) step ``dpm_solver++_3m`` solve on the logsnr grid from the same
+  ``x_T``, checked against ``dopri5`` at ``--dopri5-tol`` (the agreement is printed and stored).
+
+Every method starts from the same prior draws ``x_T`` at ``t_max = 1`` and stops at ``t_min =
+1e-3``; its error is the mean over samples of the L2 distance between its ``x(t_min)`` and the
+reference's. NFE counts the calls of the score (every peer calls it through a counted wrapper).
 For a budget ``B`` each method takes the largest number of steps whose NFE is ``<= B`` (RK4 at
-``B = 5`` takes one step: 4 NFE); the NFE actually used is shown when it differs from ``B``.
+``B = 5`` takes one step: 4 NFE); the NFE used is shown when it is below ``B``.
 
-sdekit: every name of ``sdekit_diffusion.samplers.available()`` that is deterministic (the plugin's
-samplers with ``stochastic=False`` and the core's fixed-step ODE solvers on the probability-flow
-ODE) on every time grid of ``skd.GRIDS``.
+The optimized grid (``skd.optimize_time_grid(sde, score_fn, x_calibration, B, solver=name)``) is
+calibrated on a *different* batch of prior draws (``--calibration`` samples, another seed) than the
+one scored, for the samplers of ``--optimize`` (mixture, every budget) and ``--digits-optimize``
+(digits, NFE 5, 10, 20: the U-Net's calibration costs ``--digits-evaluations`` runs of the sampler);
+its cost (seconds, score calls) is stored.
 
-Peers (optional, in their own virtual environment, e.g.
-``python3 -m venv /work/peers-venv && /work/peers-venv/bin/pip install -e . "setuptools<81"
-k-diffusion==0.1.1.post1 diffusers matplotlib``; k-diffusion 0.1.1.post1 imports ``clip``, which
-needs ``pkg_resources`` from ``setuptools<81``, and pulls torchvision and a CUDA torch 2.14.1 —
-the full install was used, nothing patched). A missing peer's rows are skipped with a note.
+``twins``: each peer that has an sdekit implementation of the same method (``Peer.twin``) is run at
+``--twin-nfe`` steps on its own grid, and so is the sdekit twin on that grid (``ts=``) with the
+peer's options and with sdekit's default options: their difference shows which part of a gap
+between rows is arithmetic (none: they agree to float32 rounding), which options and which grid.
 
-- k-diffusion works in the VE form :math:`y = x/\alpha`, :math:`\sigma_{ve} = \sigma/\alpha =
-  e^{-\lambda}` with a denoiser :math:`D(y, \sigma_{ve}) = \hat x_0 = (x + \sigma^2 s(t, x))/\alpha`
-  at the :math:`t` with :math:`\lambda(t) = -\log\sigma_{ve}`. Its sigma lists
-  (``get_sigmas_karras`` / ``get_sigmas_exponential`` between :math:`\sigma_{ve}(t_{min})` and
-  :math:`\sigma_{ve}(t_{max})`, float64) drop the trailing 0 so they stop at ``t_min``; without
-  that 0 Heun and DPM-2 take two evaluations on every step.
-- diffusers' ``DPMSolverMultistepScheduler`` (DPM-Solver++ 2M/3M) and
-  ``UniPCMultistepScheduler`` (bh2) get ``trained_betas`` whose ``alphas_cumprod`` equal
-  :math:`1/(1 + \sigma_{ve}(t_i)^2)` on 1000 uniform times of ``[t_min, t_max]``, epsilon
-  prediction :math:`\epsilon = -\sigma s`, ``final_sigmas_type="sigma_min"`` and the default
-  ``timestep_spacing="linspace"`` (a uniform time grid); the eps model reads the noise level from
-  the scheduler's own ``sigmas[step_index]``. diffusers keeps ``alphas_cumprod`` in float32, so its
-  first and last noise levels differ from ``t_max``/``t_min`` by ~1e-7 relative: its reference is
-  the same ODE solved between its own end points (same ``y_T = x_T/\alpha(t_max)``). UniPC runs in
-  float32 (it fails under a float64 default dtype), so it floors near 1e-6.
+``digits`` also scores samples: the Fréchet distance between the hidden features of the classifier
+of ``benchmarks/train_digits.py`` (trained on the same 1200 training digits, seed 0) on
+``--fd-samples`` samples and on the 597 held-out digits, for the best sdekit and the best peer
+configuration (by error) at NFE 5, 10, 20, beside real training digits, prior noise and a
+near-converged ``dpm_solver++_3m`` solve (``--fd-floor-steps``, 100).
 
-Also, when ``adaptive_sde`` exists: the adaptive reverse-SDE sampler (Jolicoeur-Martineau et al.
-2021) against Euler–Maruyama on the reverse SDE, distribution error = ``|mean - m| + |cov - C|_F``
-of the samples against the exact moments of :math:`p_{t_{min}}` (and a sliced Wasserstein distance
-to exact samples), with the EM NFE that reaches the same moment error (log-log interpolation).
+Targets of issue 10 (``targets`` in the JSON): best sdekit error / best peer error <= 1/3 at NFE 10
+and 20 on ``mixture``, <= 1/2 at NFE 5, 10 and 20 on ``digits``.
 
-    python benchmarks/few_step.py [--dim 8] [--components 4] [--batch 512] [--budgets 5,10,20,50]
-                                  [--methods ...] [--grids ...] [--no-peers] [--no-adaptive]
-                                  [--json out.json] [--plot out.png]
+    OMP_NUM_THREADS=1 python benchmarks/few_step.py --json docs/results/few_step.json \
+        --plot docs/results/few_step.png
+    python benchmarks/few_step.py --quick          # every code path on small sizes (the test's run)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
-import torch
+BENCHMARKS = Path(__file__).resolve().parent
+for _path in (BENCHMARKS.parent / "plugins", BENCHMARKS.parent, BENCHMARKS):  # checkout's packages, peers.py
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
-import sdekit
-import sdekit_diffusion as skd
-from sdekit_diffusion import samplers
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-REFERENCE_TOLERANCE = 1e-10   # dopri5 rtol = atol of the reference probability-flow solves
-TRAIN_TIMESTEPS = 1000        # diffusers' discrete schedule (DDPM's N = 1000)
+import sdekit  # noqa: E402
+import sdekit_diffusion as skd  # noqa: E402
+from sdekit_diffusion import samplers  # noqa: E402
+
+import peers as peer_library  # noqa: E402
+
+MIXTURE_TOLERANCE = 1e-10     # dopri5 rtol = atol of the mixture's reference (as sdekit_diffusion.bench_problems)
+DEFAULT_CHECKPOINT = BENCHMARKS / "assets" / "digits_unet16.pt"
+FD_BUDGETS = (5, 10, 20)      # NFE at which the digits' Fréchet distance is measured (issue 10)
+TARGETS = {"mixture": ((10, 20), 1 / 3), "digits": ((5, 10, 20), 1 / 2)}   # issue 10's ratios
+OPTIMIZED_SAMPLERS = "dpm_solver++_3m,unipc,ipndm,deis"     # mixture; digits: DIGITS_OPTIMIZED at 5, 10, 20
+DIGITS_OPTIMIZED = "dpm_solver++_3m,unipc,deis"
+QUICK = dict(budgets="5,10", batch=64, calibration=16, digits_batch=8, digits_calibration=4,
+             methods="dpm_solver++_3m,unipc,ipndm,rk4", grids="logsnr,quadratic",
+             optimize="dpm_solver++_3m", digits_optimize="dpm_solver++_3m", digits_optimize_budgets="5,10",
+             evaluations=20, digits_evaluations=6, peers="diffusers DPMSolverMultistep 3M (trailing),"
+             "diffusers UniPCMultistep bh2 order 2 (trailing),diffusers IPNDM (quadratic)",
+             reference_steps=200, dopri5_tol=1e-4, fd_samples=80, fd_floor_steps=20)
 
 
 # ----------------------------------------------------------------------------------------------
-# problem
+# problems
 
-def make_problem(dim: int, components: int, seed: int):
-    """A VP SDE and a seeded isotropic mixture in ``dim`` dimensions."""
-    g = torch.Generator().manual_seed(seed)
-    means = 1.5 * torch.randn(components, dim, generator=g, dtype=torch.float64)
-    stds = 0.3 + 0.3 * torch.rand(components, generator=g, dtype=torch.float64)
-    weights = 0.5 + torch.rand(components, generator=g, dtype=torch.float64)
-    return skd.VPSDE(), skd.GaussianMixture(weights, means, stds)
+@dataclass
+class Problem:
+    """A benchmark problem: ``score_fn`` on ``sde``, the scored draws ``x_T``, the calibration draws
+    (another seed), the reference ``x(t_min)`` of ``x_T`` and how it was made (``reference_info``)."""
+    name: str
+    description: str
+    sde: skd.DiffusionSDE
+    score_fn: Callable
+    x_T: torch.Tensor
+    x_calibration: torch.Tensor
+    reference: torch.Tensor = None
+    reference_info: dict = field(default_factory=dict)
+    calibration_reference: torch.Tensor = None
+    evaluations: int = 200
+    extra: dict = field(default_factory=dict)
 
 
 class Counted:
@@ -85,6 +113,83 @@ class Counted:
         return self.fn(*args, **kwargs)
 
 
+def prior_draws(sde, shape, seed: int) -> torch.Tensor:
+    return sde.prior_sample(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def make_mixture(dim: int, components: int, seed: int):
+    """A VP SDE and a seeded isotropic mixture in ``dim`` dimensions."""
+    g = torch.Generator().manual_seed(seed)
+    means = 1.5 * torch.randn(components, dim, generator=g, dtype=torch.float64)
+    stds = 0.3 + 0.3 * torch.rand(components, generator=g, dtype=torch.float64)
+    weights = 0.5 + torch.rand(components, generator=g, dtype=torch.float64)
+    return skd.VPSDE(), skd.GaussianMixture(weights, means, stds)
+
+
+def mixture_problem(args) -> Problem:
+    sde, mixture = make_mixture(args.dim, args.components, args.seed)
+    score_fn = mixture.score_fn(sde)
+    flow = sde.probability_flow(score_fn)
+
+    def reference(x_T):
+        return sdekit.solve(flow, x_T, sde.t_max, sde.t_min, solver="dopri5", rtol=MIXTURE_TOLERANCE,
+                            atol=MIXTURE_TOLERANCE, max_steps=200_000)
+
+    x_T = prior_draws(sde, (args.batch, args.dim), args.seed)
+    x_calibration = prior_draws(sde, (args.calibration, args.dim), args.seed + 1)
+    start = time.perf_counter()
+    solution = reference(x_T)
+    info = {"method": f"dopri5 rtol=atol={MIXTURE_TOLERANCE:g}", "nfe": solution.nfe,
+            "seconds": time.perf_counter() - start}
+    return Problem("mixture", f"{args.dim}-d mixture of {args.components} Gaussians, {sde!r}, exact score, "
+                   f"{args.batch} samples", sde, score_fn, x_T, x_calibration, solution.x, info,
+                   reference(x_calibration).x, evaluations=args.evaluations)
+
+
+def float64_score(score_fn, dtype: torch.dtype) -> Callable:
+    """``score_fn`` (a network in ``dtype``) taking and returning float64, without autograd."""
+    def score(t, x):
+        with torch.no_grad():
+            return score_fn(t.to(dtype), x.to(dtype)).double()
+    return score
+
+
+def digits_problem(args) -> Problem:
+    trainer = skd.Trainer.load(args.checkpoint, device="cpu", progress=False)
+    sde, shape = trainer.sde, tuple(trainer.sample_shape)
+    score_fn = float64_score(trainer.score_fn(), trainer.dtype)
+
+    def reference(x_T):
+        return skd.sample(sde, score_fn, x_T=x_T, solver="dpm_solver++_3m", steps=args.reference_steps,
+                          time_grid="logsnr").x
+
+    x_T = prior_draws(sde, (args.digits_batch, *shape), args.seed)
+    x_calibration = prior_draws(sde, (args.digits_calibration, *shape), args.seed + 1)
+    start = time.perf_counter()
+    x_reference = reference(x_T)
+    seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    check = sdekit.solve(sde.probability_flow(score_fn), x_T, sde.t_max, sde.t_min, solver="dopri5",
+                         rtol=args.dopri5_tol, atol=args.dopri5_tol, max_steps=100_000)
+    info = {"method": f"dpm_solver++_3m, {args.reference_steps} steps, logsnr grid", "nfe": args.reference_steps,
+            "seconds": seconds, "check": f"dopri5 rtol=atol={args.dopri5_tol:g}", "check_nfe": check.nfe,
+            "check_seconds": time.perf_counter() - start,
+            "check_error": l2_error(check.x, x_reference),
+            "check_relative": l2_error(check.x, x_reference) / float(x_reference.flatten(1).norm(dim=1).mean())}
+    return Problem("digits", f"8x8-digits U-Net {args.checkpoint.name} ({trainer.step} training steps, "
+                   f"{sum(p.numel() for p in trainer.net.parameters()):,} parameters), {sde!r}, "
+                   f"{args.digits_batch} samples", sde, score_fn, x_T, x_calibration, x_reference, info,
+                   reference(x_calibration), evaluations=args.digits_evaluations, extra={"shape": shape})
+
+
+def l2_error(x: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean over samples of the L2 distance."""
+    return float((x.double() - reference.double()).flatten(1).norm(dim=1).mean())
+
+
+# ----------------------------------------------------------------------------------------------
+# running a method at a budget
+
 def deterministic_samplers() -> list[str]:
     """The fixed-grid samplers that draw no noise with their default options (the registry's
     records): plugin samplers and the core's ODE solvers (run on the probability-flow ODE)."""
@@ -92,446 +197,480 @@ def deterministic_samplers() -> list[str]:
             if not record.stochastic({}) and not record.adaptive]
 
 
-def fit_budget(run, budget: int, min_steps: int = 1):
-    """``run(steps) -> (x, nfe)`` at the largest ``steps`` whose NFE is ``<= budget``; ``None`` when
-    even ``min_steps`` costs more."""
-    steps = budget
-    while steps >= min_steps:
+def fit_budget(run, budget: int, calls_per_step: int = 1, min_steps: int = 1):
+    """``run(steps) -> (x, nfe)`` at the largest ``steps`` whose NFE is ``<= budget``: first
+    ``budget // calls_per_step`` steps, then one more while ``calls_per_step`` more calls would fit
+    (EDM-Heun's last step costs one call), fewer when it overshoots; ``(x, nfe, steps)``, or ``None``
+    when even ``min_steps`` costs more."""
+    steps, fitted = max(min_steps, budget // calls_per_step), None
+    while True:
         x, nfe = run(steps)
         if nfe <= budget:
-            return x, nfe, steps
-        per_step = nfe / steps
-        steps = min(steps - 1, int(math.floor(budget / per_step)))
-    return None
+            fitted = (x, nfe, steps)
+            if nfe + calls_per_step > budget:
+                return fitted
+            steps += 1
+        elif fitted is not None:
+            return fitted
+        elif steps <= min_steps:
+            return None
+        else:
+            steps = max(min_steps, min(steps - 1, budget * steps // nfe))
 
 
-class Reference:
-    """The probability-flow ODE by dopri5 at 1e-10 from ``alpha(t0) y_T`` at ``t0`` to ``t1``."""
-
-    def __init__(self, sde, score_fn, y_T):
-        self.sde, self.flow, self.y_T, self.cache = sde, sde.probability_flow(score_fn), y_T, {}
-        self.nfe = 0
-
-    def __call__(self, t0: float, t1: float) -> torch.Tensor:
-        key = (round(t0, 14), round(t1, 14))
-        if key not in self.cache:
-            x0 = self.sde.alpha(torch.tensor(t0)) * self.y_T
-            solution = sdekit.solve(self.flow, x0, t0, t1, solver="dopri5", rtol=REFERENCE_TOLERANCE,
-                                    atol=REFERENCE_TOLERANCE, max_steps=200_000)
-            self.cache[key] = solution.x
-            self.nfe += solution.nfe
-        return self.cache[key]
+def run_sdekit(problem: Problem, x_T, name: str, *, steps=None, grid=None, ts=None, **options):
+    counted = Counted(problem.score_fn)
+    if ts is not None:
+        solution = skd.sample(problem.sde, counted, x_T=x_T, solver=name, ts=ts, **options)
+    else:
+        solution = skd.sample(problem.sde, counted, x_T=x_T, solver=name, steps=steps, time_grid=grid, **options)
+    assert solution.nfe == counted.calls, (name, solution.nfe, counted.calls)
+    return solution.x, counted.calls
 
 
-def l2_error(x: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((x.double() - reference).flatten(1).norm(dim=1).mean())
+def new_row(method: str, library: str, **facts) -> dict:
+    return {"method": method, "library": library, **facts, "errors": {}, "nfe": {}, "steps": {}}
 
 
-# ----------------------------------------------------------------------------------------------
-# sdekit
-
-def run_sdekit(sde, score_fn, x_T, name: str, grid: str, budget: int):
-    minimum = samplers.get(name).min_steps
-
-    def run(steps):
-        counted = Counted(score_fn)
-        solution = skd.sample(sde, counted, x_T=x_T, solver=name, steps=steps, time_grid=grid,
-                              seed=0)
-        assert solution.nfe == counted.calls, (name, solution.nfe, counted.calls)
-        return solution.x, counted.calls
-
-    return fit_budget(run, budget, minimum)
+def record(row: dict, budget: int, fitted, reference) -> None:
+    if fitted is not None:
+        x, nfe, steps = fitted
+        row["errors"][budget], row["nfe"][budget], row["steps"][budget] = l2_error(x, reference), nfe, steps
 
 
-# ----------------------------------------------------------------------------------------------
-# k-diffusion (VE form)
-
-def _sigma_ve(sde, t: float) -> float:
-    t = torch.tensor(t, dtype=torch.float64)
-    return float(sde.sigma(t) / sde.alpha(t))
-
-
-def _time_of_sigma_ve(sde, sigma_ve: torch.Tensor) -> torch.Tensor:
-    """``t`` with ``lambda(t) = -log sigma_ve``, clamped to ``[t_min, t_max]``."""
-    ends = sde.log_snr(torch.tensor([sde.t_max, sde.t_min], dtype=torch.float64))
-    lam = (-torch.log(sigma_ve.double())).clamp(float(ends[0]), float(ends[1]))
-    return sde.inverse_log_snr(lam)
-
-
-def kdiffusion_denoiser(sde, score_fn):
-    r""":math:`D(y, \sigma_{ve}) = (x + \sigma^2 s(t, x))/\alpha` with :math:`x = \alpha y`."""
-    def denoiser(y, sigma_ve, **_):
-        sigma_ve = torch.as_tensor(sigma_ve, dtype=torch.float64).expand(y.shape[0])
-        t = _time_of_sigma_ve(sde, sigma_ve)
-        alpha = sde.alpha(t).reshape(-1, *([1] * (y.dim() - 1))).to(y.dtype)
-        sigma = sde.sigma(t).reshape(-1, *([1] * (y.dim() - 1))).to(y.dtype)
-        x = alpha * y
-        return (x + sigma ** 2 * score_fn(t.to(y.dtype), x)) / alpha
-    return denoiser
-
-
-KDIFFUSION = [("sample_euler", ("karras", "exponential")), ("sample_heun", ("karras", "exponential")),
-              ("sample_dpm_2", ("karras", "exponential")), ("sample_lms", ("karras", "exponential")),
-              ("sample_dpmpp_2m", ("karras", "exponential"))]
-
-
-def kdiffusion_rows(sde, score_fn, x_T, budgets, reference, notes):
-    try:
-        from k_diffusion import sampling as K
-    except Exception as error:   # noqa: BLE001 - any import failure means "peer missing"
-        notes.append(f"k-diffusion skipped: {type(error).__name__}: {error}")
-        return []
-    s_min, s_max = _sigma_ve(sde, sde.t_min), _sigma_ve(sde, sde.t_max)
-    alpha_T = sde.alpha(torch.tensor(sde.t_max))
-    alpha_0 = sde.alpha(torch.tensor(sde.t_min))
-    y_T = x_T / alpha_T
-    target = reference(sde.t_max, sde.t_min)
+def sdekit_rows(problem: Problem, methods, grids, budgets) -> list[dict]:
     rows = []
-    for sampler_name, schedules in KDIFFUSION:
-        sampler = getattr(K, sampler_name)
-        for schedule in schedules:
-            def sigmas(steps):   # steps + 1 noise levels, trailing 0 dropped
-                if schedule == "karras":
-                    return K.get_sigmas_karras(steps + 1, s_min, s_max, device="cpu")[:-1].double()
-                return K.get_sigmas_exponential(steps + 1, s_min, s_max, device="cpu")[:-1].double()
-
-            def run(steps):
-                model = Counted(kdiffusion_denoiser(sde, score_fn))
-                levels = sigmas(steps)
-                y = sampler(model, y_T.clone(), levels, disable=True)
-                return alpha_0 * y, model.calls
-
-            row = {"method": f"k-diffusion {sampler_name[7:]} ({schedule})", "library": "k-diffusion",
-                   "errors": {}, "nfe": {}}
+    for name in methods:
+        entry = samplers.get(name)
+        for grid in grids:
+            row = new_row(f"sdekit {name} ({grid})", "sdekit", sampler=name, grid=grid)
             for budget in budgets:
-                fitted = fit_budget(run, budget)
-                if fitted is not None:
-                    row["errors"][budget] = l2_error(fitted[0], target)
-                    row["nfe"][budget] = fitted[1]
+                record(row, budget, fit_budget(lambda steps: run_sdekit(problem, problem.x_T, name, steps=steps,
+                                                                         grid=grid),
+                                               budget, entry.calls_per_step({}), entry.min_steps),
+                       problem.reference)
             rows.append(row)
     return rows
 
 
-# ----------------------------------------------------------------------------------------------
-# diffusers (VP form, discrete schedule matched to the continuous one)
-
-def _trained_betas(sde):
-    t = torch.linspace(sde.t_min, sde.t_max, TRAIN_TIMESTEPS, dtype=torch.float64)
-    sigma_ve = sde.sigma(t) / sde.alpha(t)
-    alphas_cumprod = 1.0 / (1.0 + sigma_ve ** 2)
-    previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
-    return (1.0 - alphas_cumprod / previous).numpy()
-
-
-DIFFUSERS = [("DPMSolverMultistep 2M", "DPMSolverMultistepScheduler", dict(solver_order=2), torch.float64),
-             ("DPMSolverMultistep 3M", "DPMSolverMultistepScheduler", dict(solver_order=3), torch.float64),
-             ("DPMSolverMultistep 2M karras", "DPMSolverMultistepScheduler",
-              dict(solver_order=2, use_karras_sigmas=True), torch.float64),
-             ("UniPCMultistep bh2", "UniPCMultistepScheduler", dict(solver_order=2), torch.float32),
-             ("UniPCMultistep bh2 order 3", "UniPCMultistepScheduler", dict(solver_order=3), torch.float32)]
-
-
-def diffusers_rows(sde, score_fn, x_T, budgets, reference, notes):
-    try:
-        import diffusers
-    except Exception as error:   # noqa: BLE001
-        notes.append(f"diffusers skipped: {type(error).__name__}: {error}")
+def optimized_rows(problem: Problem, methods, budgets, evaluations: int, notes) -> list[dict]:
+    """Each sampler of ``methods`` on ``skd.optimize_time_grid``'s grid for each budget, calibrated
+    on ``problem.x_calibration`` against ``problem.calibration_reference`` (made as the scored
+    batch's reference), at most ``evaluations`` sampler runs each."""
+    if not hasattr(skd, "optimize_time_grid"):
+        notes.append("skd.optimize_time_grid does not exist in this sdekit_diffusion: no optimized grids")
         return []
-    betas = _trained_betas(sde)
-    y_T = x_T / sde.alpha(torch.tensor(sde.t_max))
     rows = []
-    for label, class_name, options, dtype in DIFFUSERS:
-        row = {"method": f"diffusers {label}", "library": "diffusers", "errors": {}, "nfe": {}}
-        previous_dtype = torch.get_default_dtype()
-        try:
-            torch.set_default_dtype(dtype)
-            scheduler = getattr(diffusers, class_name)(
-                num_train_timesteps=TRAIN_TIMESTEPS, trained_betas=betas, prediction_type="epsilon",
-                final_sigmas_type="sigma_min", **options)
-            for budget in budgets:
-                scheduler.set_timesteps(budget)
-                sigmas = scheduler.sigmas.double()
-                t_start = float(_time_of_sigma_ve(sde, sigmas[:1]))
-                t_end = float(_time_of_sigma_ve(sde, sigmas[-1:]))
-
-                def eps_model(x_vp, _timestep):
-                    index = scheduler.step_index or 0
-                    sigma_ve = scheduler.sigmas[index].double().expand(x_vp.shape[0])
-                    t = _time_of_sigma_ve(sde, sigma_ve)
-                    y = x_vp.double() * torch.sqrt(1 + sigma_ve[:, None] ** 2)
-                    x = sde.alpha(t)[:, None] * y
-                    return (-sde.sigma(t)[:, None] * score_fn(t, x)).to(dtype)
-
-                model = Counted(eps_model)
-                x = (y_T / torch.sqrt(1 + sigmas[0] ** 2)).to(dtype)
-                for timestep in scheduler.timesteps:
-                    x = scheduler.step(model(x, timestep), timestep, x).prev_sample
-                y_end = x.double() * torch.sqrt(1 + sigmas[-1] ** 2)
-                x_end = sde.alpha(torch.tensor(t_end)) * y_end
-                row["errors"][budget] = l2_error(x_end, reference(t_start, t_end))
-                row["nfe"][budget] = model.calls
-        except Exception as error:   # noqa: BLE001 - report a failing peer configuration, go on
-            notes.append(f"diffusers {label} failed: {type(error).__name__}: {error}")
-        finally:
-            torch.set_default_dtype(previous_dtype)
+    for name in methods:
+        row = new_row(f"sdekit {name} (optimized)", "sdekit", sampler=name, grid="optimized", ts={},
+                      calibration={})
+        for budget in budgets:
+            entry = samplers.get(name)
+            nfe = budget - budget % entry.calls_per_step({})    # the calls the grid can spend exactly
+            counted = Counted(problem.score_fn)
+            start = time.perf_counter()
+            try:
+                ts = skd.optimize_time_grid(problem.sde, counted, problem.x_calibration, nfe, solver=name,
+                                            reference=problem.calibration_reference,
+                                            max_evaluations=evaluations)
+            except (ValueError, TypeError) as error:
+                notes.append(f"{problem.name}: optimize_time_grid({name!r}, nfe={budget}) refused: {error}")
+                continue
+            row["calibration"][budget] = {"seconds": time.perf_counter() - start, "score_calls": counted.calls,
+                                          "batch": len(problem.x_calibration), "max_evaluations": evaluations}
+            x, nfe = run_sdekit(problem, problem.x_T, name, ts=ts)
+            if nfe > budget:
+                notes.append(f"{problem.name}: optimize_time_grid({name!r}, nfe={budget}) gave a grid of {nfe} "
+                             "score calls; not counted")
+                continue
+            row["ts"][budget] = [float(t) for t in ts]
+            record(row, budget, (x, nfe, len(ts) - 1), problem.reference)
         rows.append(row)
     return rows
 
 
+def run_peer(peer, problem: Problem, x_T, steps: int):
+    """``peer.run``, checked to start at ``t_max`` and end at ``t_min`` (the reference's ends)."""
+    result = peer.run(problem.sde, problem.score_fn, x_T, steps)
+    ends = (float(result.ts[0]), float(result.ts[-1]))
+    if abs(ends[0] - problem.sde.t_max) > 1e-12 or abs(ends[1] - problem.sde.t_min) > 1e-12:
+        raise AssertionError(f"{peer.method} ran from {ends[0]} to {ends[1]}, not over the reference's "
+                             f"[{problem.sde.t_min}, {problem.sde.t_max}]")
+    return result
+
+
+def peer_rows(problem: Problem, peers, budgets, notes) -> list[dict]:
+    rows = []
+    for peer in peers:
+        row = new_row(peer.method, peer.library, options=peer.options)
+        try:
+            for budget in budgets:
+                def run(steps):
+                    result = run_peer(peer, problem, problem.x_T, steps)
+                    return result.x, result.nfe
+                record(row, budget, fit_budget(run, budget, 1, peer.min_steps), problem.reference)
+        except Exception as error:   # noqa: BLE001 - report a failing peer configuration, go on
+            notes.append(f"{problem.name}: {peer.method} failed: {type(error).__name__}: {error}")
+        rows.append(row)
+    return rows
+
+
+def twin_checks(problem: Problem, peers, steps: int) -> list[dict]:
+    """Each peer with an sdekit twin, both on the peer's own grid (module docstring)."""
+    checks = []
+    for peer in peers:
+        if peer.twin is None:
+            continue
+        name, options = peer.twin
+        result = run_peer(peer, problem, problem.x_T, steps)
+        twin, _ = run_sdekit(problem, problem.x_T, name, ts=result.ts, **options)
+        default, _ = run_sdekit(problem, problem.x_T, name, ts=result.ts)
+        checks.append({"peer": peer.method, "twin": name, "twin_options": options, "steps": steps,
+                       "relative_difference": peer_library.relative_difference(twin, result.x),
+                       "peer_error": l2_error(result.x, problem.reference),
+                       "twin_error": l2_error(twin, problem.reference),
+                       "sdekit_default_options_error": l2_error(default, problem.reference)})
+    return checks
+
+
 # ----------------------------------------------------------------------------------------------
-# adaptive SDE vs Euler-Maruyama
+# digits: Fréchet distance of classifier features
 
-def exact_moments(sde, mixture, t: float):
-    tt = torch.tensor(t, dtype=torch.float64)
-    alpha, sigma = float(sde.alpha(tt)), float(sde.sigma(tt))
-    w, mu, s = mixture.weights, mixture.means, mixture.stds
-    mean = alpha * (w[:, None] * mu).sum(0)
-    var = alpha ** 2 * s ** 2 + sigma ** 2
-    second = (w[:, None, None] * (alpha ** 2 * mu[:, :, None] * mu[:, None, :]
-                                  + var[:, None, None] * torch.eye(mu.shape[1]))).sum(0)
-    return mean, second - mean[:, None] * mean[None, :]
+def frechet_rows(problem: Problem, rows, best, peers, args) -> dict:
+    """Fréchet distance (and the classifier scores of ``train_digits.scores``) of the best sdekit and
+    the best peer configuration at each NFE of :data:`FD_BUDGETS`, on ``--fd-samples`` fresh draws."""
+    import train_digits
+    train_images, train_labels, held_out, _ = train_digits.split_digits(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)   # the classifier is float32, as in train_digits.py
+    try:
+        classifier = train_digits.train_classifier(train_images, train_labels)
+    finally:
+        torch.set_default_dtype(previous)
+    with torch.no_grad():
+        real_features = classifier.hidden(held_out).numpy().astype(np.float64)
+    x_T = prior_draws(problem.sde, (args.fd_samples, *problem.extra["shape"]), args.seed + 2)
 
+    def scored(x):
+        return train_digits.scores(classifier, x.float(), real_features)
 
-def moment_error(x, mean, cov) -> float:
-    x = x.double()
-    return float((x.mean(0) - mean).norm() + (torch.cov(x.T) - cov).norm())
-
-
-def sliced_wasserstein(x, y, n_projections: int = 64, seed: int = 0) -> float:
-    g = torch.Generator().manual_seed(seed)
-    directions = torch.randn(x.shape[1], n_projections, generator=g, dtype=torch.float64)
-    directions = directions / directions.norm(dim=0, keepdim=True)
-    px, _ = (x.double() @ directions).sort(0)
-    py, _ = (y.double() @ directions).sort(0)
-    return float((px - py).abs().mean())
-
-
-def adaptive_vs_em(sde, mixture, score_fn, n: int, em_steps, tolerances, seed: int):
-    g = torch.Generator().manual_seed(seed + 1)
-    x_T = sde.prior_sample((n, mixture.size), generator=g, dtype=torch.float64)
-    mean, cov = exact_moments(sde, mixture, sde.t_min)
-    tt = torch.tensor(sde.t_min)
-    exact = (sde.alpha(tt) * mixture.sample(n, g)
-             + sde.sigma(tt) * torch.randn(n, mixture.size, generator=g, dtype=torch.float64))
-    floor = moment_error(exact, mean, cov)
-    exact_again = (sde.alpha(tt) * mixture.sample(n, g)
-                   + sde.sigma(tt) * torch.randn(n, mixture.size, generator=g, dtype=torch.float64))
-    sliced_floor = sliced_wasserstein(exact_again, exact)
-
-    def measure(solver, **options):
-        counted = Counted(score_fn)
-        solution = skd.sample(sde, counted, x_T=x_T, solver=solver, seed=seed, **options)
-        return {"nfe": counted.calls, "moment_error": moment_error(solution.x, mean, cov),
-                "sliced_w": sliced_wasserstein(solution.x, exact)}
-
-    em = [dict(steps=steps, **measure("euler_maruyama", steps=steps)) for steps in em_steps]
-    adaptive = [dict(rel_tol=tol, **measure("adaptive_sde", rtol=tol)) for tol in tolerances]
-    # the EM NFE reaching each adaptive error: log-log interpolation of EM's error vs NFE
-    em_sorted = sorted(em, key=lambda r: r["nfe"])
-    for row in adaptive:
-        row["em_nfe_same_error"] = None
-        for a, b in zip(em_sorted, em_sorted[1:]):
-            ea, eb = a["moment_error"], b["moment_error"]
-            if min(ea, eb) <= row["moment_error"] <= max(ea, eb) and ea != eb:
-                w = (math.log(row["moment_error"]) - math.log(ea)) / (math.log(eb) - math.log(ea))
-                row["em_nfe_same_error"] = math.exp(math.log(a["nfe"]) + w * (math.log(b["nfe"])
-                                                                             - math.log(a["nfe"])))
-                break
-        row["nfe_ratio"] = (row["em_nfe_same_error"] / row["nfe"]
-                            if row["em_nfe_same_error"] else None)
-    return {"n_samples": n, "noise_floor": floor, "sliced_w_noise_floor": sliced_floor,
-            "euler_maruyama": em, "adaptive_sde": adaptive}
+    by_method = {row["method"]: row for row in rows}
+    peers_by_method = {peer.method: peer for peer in peers}
+    result = {"samples": args.fd_samples, "real_training_digits": scored(train_images[:args.fd_samples])}
+    result["prior noise"] = scored(x_T)
+    floor, _ = run_sdekit(problem, x_T, "dpm_solver++_3m", steps=args.fd_floor_steps, grid="logsnr")
+    result["converged"] = dict(scored(floor), method=f"dpm_solver++_3m {args.fd_floor_steps} steps (logsnr)",
+                               nfe=args.fd_floor_steps)
+    for budget in [b for b in FD_BUDGETS if b in best]:
+        for side in ("sdekit", "peer"):
+            if best[budget][side] is None:
+                continue
+            row = by_method[best[budget][side]["method"]]
+            steps = row["steps"][budget]
+            if side == "sdekit" and row["grid"] == "optimized":
+                x, nfe = run_sdekit(problem, x_T, row["sampler"], ts=torch.tensor(row["ts"][budget]))
+            elif side == "sdekit":
+                x, nfe = run_sdekit(problem, x_T, row["sampler"], steps=steps, grid=row["grid"])
+            else:
+                run = run_peer(peers_by_method[row["method"]], problem, x_T, steps)
+                x, nfe = run.x, run.nfe
+            result[f"NFE {budget} {side}"] = dict(scored(x), method=row["method"], nfe=nfe)
+    return result
 
 
 # ----------------------------------------------------------------------------------------------
 # report
 
-def best_per_budget(rows, budgets):
+def best_per_budget(rows, budgets) -> dict:
     best = {}
     for budget in budgets:
         entry = {}
         for side, test in (("sdekit", lambda r: r["library"] == "sdekit"),
                            ("peer", lambda r: r["library"] != "sdekit")):
-            candidates = [(r["errors"][budget], r["method"]) for r in rows
-                          if test(r) and budget in r["errors"]]
-            entry[side] = ({"method": min(candidates)[1], "error": min(candidates)[0]}
-                           if candidates else None)
-        entry["peer_over_sdekit"] = (entry["peer"]["error"] / entry["sdekit"]["error"]
+            candidates = [(r["errors"][budget], r["method"]) for r in rows if test(r) and budget in r["errors"]]
+            entry[side] = {"method": min(candidates)[1], "error": min(candidates)[0]} if candidates else None
+        entry["sdekit_over_peer"] = (entry["sdekit"]["error"] / entry["peer"]["error"]
                                      if entry["peer"] and entry["sdekit"] else None)
         best[budget] = entry
     return best
 
 
+def targets(problem: str, best: dict) -> list[dict]:
+    budgets, limit = TARGETS[problem]
+    return [{"problem": problem, "nfe": budget, "limit": limit,
+             "sdekit_over_peer": best[budget]["sdekit_over_peer"],
+             "met": best[budget]["sdekit_over_peer"] is not None and best[budget]["sdekit_over_peer"] <= limit}
+            for budget in budgets if budget in best]
+
+
 def format_table(rows, budgets, best) -> str:
     width = max(len(r["method"]) for r in rows) + 2
-    lines = ["method".ljust(width) + "".join(f"NFE {b}".rjust(16) for b in budgets)]
+    lines = ["method".ljust(width) + "".join(f"NFE {b}".rjust(15) for b in budgets)]
+    marked = {(best[b][side]["method"], b) for b in budgets for side in ("sdekit", "peer") if best[b][side]}
     for row in rows:
         cells = []
         for budget in budgets:
             if budget not in row["errors"]:
-                cells.append("-".rjust(16))
+                cells.append("-".rjust(15))
                 continue
-            mark = ""
-            for side in ("sdekit", "peer"):
-                if best[budget][side] and best[budget][side]["method"] == row["method"]:
-                    mark = "*"
             nfe = row["nfe"][budget]
-            text = f"{row['errors'][budget]:.2e}" + (f"({nfe})" if nfe != budget else "") + mark
-            cells.append(text.rjust(16))
+            text = (f"{row['errors'][budget]:.2e}" + (f"({nfe})" if nfe != budget else "")
+                    + ("*" if (row["method"], budget) in marked else ""))
+            cells.append(text.rjust(15))
         lines.append(row["method"].ljust(width) + "".join(cells))
-    lines.append("")
-    lines.append("* best sdekit and best peer per NFE budget; (n): NFE actually used when below the budget")
+    lines += ["", "* best sdekit and best peer per NFE budget; (n): NFE used when below the budget"]
     for budget in budgets:
         b = best[budget]
         s = f"{b['sdekit']['method']} {b['sdekit']['error']:.2e}" if b["sdekit"] else "-"
         p = f"{b['peer']['method']} {b['peer']['error']:.2e}" if b["peer"] else "-"
-        ratio = f"{b['peer_over_sdekit']:.2f}" if b["peer_over_sdekit"] else "-"
-        lines.append(f"NFE {budget}: best sdekit {s} | best peer {p} | peer/sdekit error {ratio}")
+        ratio = f"{b['sdekit_over_peer']:.3f}" if b["sdekit_over_peer"] else "-"
+        lines.append(f"NFE {budget}: best sdekit {s} | best peer {p} | sdekit/peer error {ratio}")
     return "\n".join(lines)
 
 
-def _best_grid_rows(rows):
-    """Per sdekit sampler, the grid with the smallest geometric-mean error; every peer row."""
+def markdown_summary(results: dict) -> str:
+    lines = ["| problem | NFE | best sdekit (error) | best peer (error) | sdekit / peer |", "|---|---|---|---|---|"]
+    for name, result in results.items():
+        for budget, b in result["best"].items():
+            if b["sdekit"] and b["peer"]:
+                lines.append(f"| {name} | {budget} | {b['sdekit']['method'][7:]} ({b['sdekit']['error']:.2e}) | "
+                             f"{b['peer']['method']} ({b['peer']['error']:.2e}) | {b['sdekit_over_peer']:.2f} |")
+    for name, result in results.items():
+        if "frechet" not in result:
+            continue
+        frechet = result["frechet"]
+        lines += ["", f"{name}: Fréchet distance of classifier features ({frechet['samples']} samples; real training "
+                  f"digits {frechet['real_training_digits']['frechet_distance']:.2f}, {frechet['converged']['method']} "
+                  f"{frechet['converged']['frechet_distance']:.2f}, prior noise {frechet['prior noise']['frechet_distance']:.0f})",
+                  "", "| NFE | best sdekit | FD | best peer | FD |", "|---|---|---|---|---|"]
+        for budget in FD_BUDGETS:
+            if f"NFE {budget} sdekit" in frechet and f"NFE {budget} peer" in frechet:
+                ours, theirs = frechet[f"NFE {budget} sdekit"], frechet[f"NFE {budget} peer"]
+                lines.append(f"| {budget} | {ours['method'][7:]} | {ours['frechet_distance']:.2f} | {theirs['method']} | "
+                             f"{theirs['frechet_distance']:.2f} |")
+    return "\n".join(lines)
+
+
+def _family(row) -> str:
+    return row["sampler"] if row["library"] == "sdekit" else row["method"].rsplit(" (", 1)[0]
+
+
+def plotted_rows(rows) -> list[dict]:
+    """Per sdekit sampler its best fixed grid and its optimized grid; per peer family (the method name
+    without its grid) its best grid. "Best": the smallest geometric-mean error over the budgets."""
     def score(row):
         errors = list(row["errors"].values())
         return sum(math.log(e) for e in errors) / len(errors) if errors else math.inf
     best = {}
     for row in rows:
-        if row["library"] == "sdekit":
-            key = row["sampler"]
-            if key not in best or score(row) < score(best[key]):
-                best[key] = row
-    return list(best.values()) + [row for row in rows if row["library"] != "sdekit"]
+        key = (_family(row), row.get("grid") == "optimized")
+        if row["errors"] and (key not in best or score(row) < score(best[key])):
+            best[key] = row
+    return list(best.values())
 
 
-def plot(rows, path: str):
-    """Error vs NFE, log-log: each sdekit sampler on its best grid (solid), the peers (dashed)."""
+def plot(results: dict, path: str) -> None:
+    """Error vs NFE, log-log, one panel per problem: sdekit solid (optimized grids thick), peers dashed,
+    the best of each side at each NFE in black. ``results``: ``_run``'s ``problems`` or the JSON's."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(11, 6))
-    for row in _best_grid_rows(rows):
-        budgets = sorted(row["errors"])
-        if not budgets:
-            continue
-        style = "-" if row["library"] == "sdekit" else "--"
-        ax.loglog([row["nfe"][b] for b in budgets], [row["errors"][b] for b in budgets], style,
-                  marker="o", markersize=3, label=row["method"], linewidth=1)
-    ax.set_xlabel("NFE")
-    ax.set_ylabel("mean L2 error vs dopri5 reference")
-    ax.set_title("few-step sampling: sdekit (solid, best time grid per sampler) vs peers (dashed)")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.grid(True, which="both", alpha=0.3)
+    fig, axes = plt.subplots(1, len(results), figsize=(8 * len(results), 6.5), squeeze=False)
+    for ax, (name, result) in zip(axes[0], results.items()):
+        shown = plotted_rows(result["rows"])
+        colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(shown), 2)))
+        for row, color in zip(shown, colors):
+            budgets = sorted(row["errors"], key=int)
+            ax.loglog([row["nfe"][b] for b in budgets], [row["errors"][b] for b in budgets],
+                      "-" if row["library"] == "sdekit" else "--", color=color, marker="o", markersize=3,
+                      label=row["method"], linewidth=2.2 if row.get("grid") == "optimized" else 1)
+        budgets = sorted(result["best"], key=int)
+        for side, style in (("sdekit", "-"), ("peer", ":")):
+            points = [(int(b), result["best"][b][side]["error"]) for b in budgets if result["best"][b][side]]
+            ax.loglog(*zip(*points), style, color="black", linewidth=2.5, label=f"best {side}")
+        errors = [e for row in shown for e in row["errors"].values()]
+        ax.set_ylim(0.5 * min(errors), 2 * sorted(errors)[int(0.95 * (len(errors) - 1))])
+        ax.set_xlabel("NFE (budget; a marker left of it: fewer used)")
+        ax.set_ylabel(f"mean L2 error vs reference ({result['reference']['method']})")
+        ax.set_title(f"{name}: sdekit (solid; thick: optimized grid) vs peers (dashed, best grid each)",
+                     fontsize=9)
+        ax.legend(fontsize=6, ncol=2)
+        ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
+# ----------------------------------------------------------------------------------------------
+# main
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--problems", default="mixture,digits", help="comma-separated: mixture, digits")
+    parser.add_argument("--quick", action="store_true", help="small sizes, a few methods (the test's run): "
+                        + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    parser.add_argument("--budgets", default="5,10,20,50", help="comma-separated NFE budgets")
+    parser.add_argument("--methods", default=None, help="comma-separated sdekit samplers (default: every "
+                        "deterministic one)")
+    parser.add_argument("--grids", default=",".join(skd.GRIDS), help="comma-separated time grids")
+    parser.add_argument("--optimize", default=OPTIMIZED_SAMPLERS, help="mixture: samplers also run on "
+                        "skd.optimize_time_grid's grid ('' for none, 'all' for --methods)")
+    parser.add_argument("--optimize-budgets", default=None, help="mixture: the budgets of the optimized grids "
+                        "(default: --budgets)")
+    parser.add_argument("--digits-optimize", default=DIGITS_OPTIMIZED, help="digits: the same")
+    parser.add_argument("--digits-optimize-budgets", default="5,10,20", help="digits: the same")
+    parser.add_argument("--evaluations", type=int, default=200, help="mixture: optimize_time_grid's "
+                        "max_evaluations (sampler runs on the calibration batch)")
+    parser.add_argument("--digits-evaluations", type=int, default=120, help="digits: the same")
+    parser.add_argument("--peers", default=None, help="comma-separated peer method names (default: all installed)")
+    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--twin-nfe", type=int, default=10, help="steps of the twin checks (0: none)")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dim", type=int, default=8)
     parser.add_argument("--components", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=512, help="samples (prior draws x_T)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--budgets", default="5,10,20,50", help="comma-separated NFE budgets")
-    parser.add_argument("--methods", default=None, help="comma-separated sdekit samplers (default: all "
-                        "deterministic ones)")
-    parser.add_argument("--grids", default=",".join(skd.GRIDS), help="comma-separated time grids")
-    parser.add_argument("--no-peers", action="store_true", help="skip k-diffusion and diffusers")
-    parser.add_argument("--no-adaptive", action="store_true", help="skip adaptive_sde vs Euler-Maruyama")
-    parser.add_argument("--adaptive-samples", type=int, default=4096)
-    parser.add_argument("--em-steps", default="20,50,100,200,500,1000")
-    parser.add_argument("--rel-tols", default="0.2,0.1,0.05,0.02,0.01")
-    parser.add_argument("--json", metavar="PATH", help="write all results as JSON")
-    parser.add_argument("--plot", metavar="PATH", help="write error vs NFE (log-log)")
+    parser.add_argument("--batch", type=int, default=512, help="mixture: scored samples")
+    parser.add_argument("--calibration", type=int, default=1024, help="mixture: calibration samples "
+                        "(optimize_time_grid's docstring: 1024 draws give on held-out draws the gain they give "
+                        "on themselves, 256 less of it)")
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--digits-batch", type=int, default=32, help="digits: scored samples")
+    parser.add_argument("--digits-calibration", type=int, default=16, help="digits: calibration samples")
+    parser.add_argument("--reference-steps", type=int, default=1000)
+    parser.add_argument("--dopri5-tol", type=float, default=1e-6)
+    parser.add_argument("--fd-samples", type=int, default=500)
+    parser.add_argument("--fd-floor-steps", type=int, default=100, help="dpm_solver++_3m steps (logsnr grid) "
+                        "of the near-converged Fréchet distance")
+    parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--plot", metavar="PATH")
+    parser.add_argument("--replot", metavar="JSON", help="only draw --plot from this JSON of an earlier run")
     args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            if parser.get_default(key) == getattr(args, key):
+                setattr(args, key, value)
+    return args
 
-    previous_dtype = torch.get_default_dtype()
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.replot:
+        if not args.plot:
+            raise SystemExit("--replot needs --plot PATH")
+        output = json.loads(Path(args.replot).read_text())
+        plot(output["problems"], args.plot)
+        print(f"wrote {args.plot}")
+        return output
+    previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         return _run(args)
     finally:
-        torch.set_default_dtype(previous_dtype)
+        torch.set_default_dtype(previous)
 
 
 def _run(args) -> dict:
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     budgets = [int(b) for b in args.budgets.split(",")]
-    sde, mixture = make_problem(args.dim, args.components, args.seed)
-    score_fn = mixture.score_fn(sde)
-    x_T = sde.prior_sample((args.batch, args.dim), generator=torch.Generator().manual_seed(args.seed),
-                           dtype=torch.float64)
-    reference = Reference(sde, score_fn, x_T / sde.alpha(torch.tensor(sde.t_max)))
-    target = reference(sde.t_max, sde.t_min)
-    notes = []
-    all_deterministic = deterministic_samplers()
-    methods = all_deterministic if args.methods is None else args.methods.split(",")
-    unknown = sorted(set(methods) - set(all_deterministic))
+    every = deterministic_samplers()
+    methods = every if args.methods is None else args.methods.split(",")
+    optimize = {}
+    for name, chosen, chosen_budgets in (("mixture", args.optimize, args.optimize_budgets),
+                                         ("digits", args.digits_optimize, args.digits_optimize_budgets)):
+        samplers_chosen = methods if chosen == "all" else [m for m in chosen.split(",") if m]
+        wanted = budgets if chosen_budgets is None else [int(b) for b in chosen_budgets.split(",")]
+        optimize[name] = (samplers_chosen, [b for b in budgets if b in wanted])
+    unknown = sorted(set(methods + optimize["mixture"][0] + optimize["digits"][0]) - set(every))
     if unknown:
-        raise SystemExit(f"not deterministic samplers of skd.sample: {unknown}; valid: {all_deterministic}")
+        raise SystemExit(f"not deterministic samplers of skd.sample: {unknown}; valid: {every}")
     grids = args.grids.split(",")
-
-    rows = []
-    for name in methods:
-        for grid in grids:
-            row = {"method": f"sdekit {name} ({grid})", "library": "sdekit", "sampler": name,
-                   "grid": grid, "errors": {}, "nfe": {}}
-            for budget in budgets:
-                fitted = run_sdekit(sde, score_fn, x_T, name, grid, budget)
-                if fitted is not None:
-                    row["errors"][budget] = l2_error(fitted[0], target)
-                    row["nfe"][budget] = fitted[1]
-            rows.append(row)
+    notes = []
     if args.no_peers:
+        peers = []
         notes.append("peers skipped (--no-peers)")
     else:
-        rows += kdiffusion_rows(sde, score_fn, x_T, budgets, reference, notes)
-        rows += diffusers_rows(sde, score_fn, x_T, budgets, reference, notes)
-    best = best_per_budget(rows, budgets)
+        peers, peer_notes = peer_library.available_peers()
+        notes += peer_notes
+        if args.peers is not None:
+            wanted = args.peers.split(",")
+            known = {p.method for p in peer_library.diffusers_peers() + peer_library.kdiffusion_peers()}
+            unknown = sorted(set(wanted) - known)
+            if unknown:
+                raise SystemExit(f"unknown peers {unknown}; known: {sorted(known)}")
+            peers = [p for p in peers if p.method in wanted]
 
-    adaptive = None
-    if not args.no_adaptive:
-        if "adaptive_sde" in samplers.available():
-            adaptive = adaptive_vs_em(sde, mixture, score_fn, args.adaptive_samples,
-                                      [int(s) for s in args.em_steps.split(",")],
-                                      [float(t) for t in args.rel_tols.split(",")], args.seed)
-        else:
-            notes.append("adaptive_sde is not a sampler of skd.sample: comparison skipped")
+    results = {}
+    for name in args.problems.split(","):
+        problem_start, problem_cpu = time.perf_counter(), time.process_time()
+        problem = {"mixture": mixture_problem, "digits": digits_problem}[name](args)
+        problem_notes = []
+        rows = sdekit_rows(problem, methods, grids, budgets)
+        rows += optimized_rows(problem, *optimize[name], problem.evaluations, problem_notes)
+        rows += peer_rows(problem, peers, budgets, problem_notes)
+        best = best_per_budget(rows, budgets)
+        twins = twin_checks(problem, peers, args.twin_nfe) if args.twin_nfe else []
+        result = {"description": problem.description, "reference": problem.reference_info, "rows": rows,
+                  "best": best, "twins": twins, "targets": targets(name, best), "notes": problem_notes}
+        if name == "digits":
+            result["frechet"] = frechet_rows(problem, rows, best, peers, args)
+        result["seconds"] = time.perf_counter() - problem_start
+        result["cpu_seconds"] = time.process_time() - problem_cpu
+        results[name] = result
+        report(name, result, budgets)
 
-    print(f"few-step sampling, {args.dim}-d mixture of {args.components} Gaussians, VP SDE, "
-          f"{args.batch} samples; error = mean L2 distance to dopri5 (rtol=atol={REFERENCE_TOLERANCE:g})")
-    print(format_table(rows, budgets, best))
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     for note in notes:
         print("note:", note)
-    if adaptive is not None:
-        print(f"\nadaptive_sde vs Euler-Maruyama, {adaptive['n_samples']} samples; moment error "
-              f"|mean-m|+|cov-C|_F vs exact p_t_min (noise floor of exact samples "
-              f"{adaptive['noise_floor']:.2e}; SW between two exact sample sets "
-              f"{adaptive['sliced_w_noise_floor']:.2e})")
-        for r in adaptive["euler_maruyama"]:
-            print(f"  euler_maruyama steps={r['steps']:5d}  NFE={r['nfe']:6d}  moment={r['moment_error']:.3e}"
-                  f"  SW={r['sliced_w']:.3e}")
-        for r in adaptive["adaptive_sde"]:
-            em_nfe = f"{r['em_nfe_same_error']:.0f}" if r["em_nfe_same_error"] else "n/a"
-            ratio = f"{r['nfe_ratio']:.2f}x" if r["nfe_ratio"] else "n/a"
-            print(f"  adaptive_sde rel_tol={r['rel_tol']:<5g} NFE={r['nfe']:6d}  moment={r['moment_error']:.3e}"
-                  f"  SW={r['sliced_w']:.3e}  EM NFE for same error={em_nfe} ({ratio})")
-    elapsed = time.perf_counter() - start
-    print(f"\n{elapsed:.1f} s (reference NFE {reference.nfe})")
-
-    result = {"config": {"dim": args.dim, "components": args.components, "batch": args.batch,
-                         "seed": args.seed, "sde": repr(sde),
-                         "reference": f"dopri5 rtol=atol={REFERENCE_TOLERANCE:g}"},
-              "budgets": budgets, "rows": rows, "best": best, "notes": notes,
-              "adaptive_sde": adaptive, "seconds": elapsed}
+    print("\n" + markdown_summary(results))
+    print(f"\n{elapsed:.1f} s wall, {cpu:.1f} s CPU (this process)")
+    output = {"config": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+              "budgets": budgets, "problems": results, "notes": notes, "seconds": elapsed, "cpu_seconds": cpu,
+              "versions": _versions()}
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=1)
+        Path(args.json).write_text(json.dumps(output, indent=1))
         print(f"wrote {args.json}")
     if args.plot:
-        plot(rows, args.plot)
+        plot(results, args.plot)
         print(f"wrote {args.plot}")
-    return result
+    return output
+
+
+def report(name: str, result: dict, budgets) -> None:
+    reference = result["reference"]
+    print(f"\n== {name}: {result['description']}; error = mean L2 distance to {reference['method']} "
+          f"({reference['nfe']} NFE)")
+    if "check" in reference:
+        print(f"   reference vs {reference['check']} ({reference['check_nfe']} NFE): mean L2 {reference['check_error']:.2e}"
+              f" ({reference['check_relative']:.1e} of the samples' mean norm)")
+    print(format_table(result["rows"], budgets, result["best"]))
+    if result["twins"]:
+        print(f"\ntwins on the peer's own grid, {result['twins'][0]['steps']} steps: max |sdekit - peer| / max |peer|;"
+              " errors of the peer, of sdekit with the peer's options and with sdekit's defaults")
+        for check in result["twins"]:
+            print(f"  {check['peer']:48s} = {check['twin']} {check['twin_options']}: {check['relative_difference']:.1e}"
+                  f"  errors {check['peer_error']:.3e} / {check['twin_error']:.3e} / "
+                  f"{check['sdekit_default_options_error']:.3e}")
+    for target in result["targets"]:
+        print(f"target {name} NFE {target['nfe']}: sdekit/peer {target['sdekit_over_peer']} <= "
+              f"{target['limit']:.3f}: {'met' if target['met'] else 'NOT met'}")
+    if "frechet" in result:
+        print(f"\nFréchet distance of classifier features to the held-out digits ({result['frechet']['samples']} samples)")
+        for label, value in result["frechet"].items():
+            if isinstance(value, dict):
+                method = f"  {value['method']} ({value['nfe']} NFE)" if "method" in value else ""
+                print(f"  {label:38s} {value['frechet_distance']:8.2f}  conf>0.9 {value['share_confident']:.3f}{method}")
+    for note in result["notes"]:
+        print("note:", note)
+    print(f"({result['seconds']:.1f} s wall, {result['cpu_seconds']:.1f} s CPU)")
+
+
+def _versions() -> dict:
+    versions = {"torch": torch.__version__}
+    for module in ("diffusers", "k_diffusion"):
+        try:
+            versions[module] = __import__(module).__version__
+        except Exception:   # noqa: BLE001 - a missing peer
+            versions[module] = None
+    return versions
 
 
 if __name__ == "__main__":

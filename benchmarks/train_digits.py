@@ -3,6 +3,11 @@
     python benchmarks/train_digits.py --budget 600 --output runs/digits --json runs/digits.json
     python benchmarks/train_digits.py --checkpoint runs/digits/model.pt   # score a trained model again
 
+The shipped benchmark model ``benchmarks/assets/digits_unet16.pt`` (see ``benchmarks/assets/README.md``
+for the exact command) is ``--base 16 --prediction v`` trained for a fixed number of steps and written
+with ``--export``: a trainer checkpoint without the optimizer's moments (half the size; it samples and
+scores like the full one, and resuming from it restarts Adam's moments).
+
 Improved DDPM (Nichol & Dhariwal 2021) on a discrete table, 8-bit digits:
 
     python benchmarks/train_digits.py --table cosine --loss hybrid --learn-variance --budget 300 --output runs/hybrid
@@ -43,8 +48,29 @@ import sdekit_diffusion as skd
 from sdekit_diffusion.chain import DiscreteChain, respaced_timesteps
 from sdekit_diffusion.data import digits_with_labels
 from sdekit_diffusion.nets import UNet
-from sdekit_diffusion.training import Trainer, plot_samples
+from sdekit_diffusion.training import Trainer, atomic_save, plot_samples
 from sdekit_diffusion.vlb import quantize
+
+
+TRAIN_DIGITS = 1200   # the first 1200 of the seeded permutation train; the other 597 are held out
+
+
+def split_digits(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(train images, train labels, held-out images, held-out labels)`` of the 1797 8x8 digits
+    (in [-1, 1], shape ``(n, 1, 8, 8)``), split by a permutation seeded with ``seed``."""
+    images, labels = digits_with_labels()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    train, held_out = order[:TRAIN_DIGITS], order[TRAIN_DIGITS:]
+    return images[train], labels[train], images[held_out], labels[held_out]
+
+
+def export_checkpoint(trainer: Trainer, path: str | Path) -> None:
+    """Write ``trainer`` to ``path`` as :meth:`Trainer.save` does, less the optimizer's moments:
+    :meth:`Trainer.load` reads it (weights, EMA, SDE, options, step, losses); resuming from it starts
+    Adam's moments afresh."""
+    state = trainer.state_dict()
+    state["optimizer"] = {"state": {}, "param_groups": state["optimizer"]["param_groups"]}
+    atomic_save(state, path)
 
 
 class Classifier(torch.nn.Module):
@@ -118,6 +144,11 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", default=None, help="score this trained model (model.pt) instead of training")
     parser.add_argument("--loss", choices=("dsm", "simple", "hybrid", "vlb"), default="dsm",
                         help="training objective (default: %(default)s; simple/hybrid/vlb need --table)")
+    parser.add_argument("--prediction", choices=("eps", "x0", "v"), default="eps",
+                        help="what the U-Net predicts (default: %(default)s). With eps on the VP SDE, "
+                             "alpha(1) = 0.0066 makes the data prediction x0 = (x - sigma eps)/alpha amplify the "
+                             "network's eps error 150-fold at t = 1; v (Salimans & Ho 2022) has eps = sigma x + alpha v "
+                             "built in and keeps x0 = alpha x - sigma v bounded")
     parser.add_argument("--learn-variance", action="store_true", help="the U-Net also outputs the reverse variance")
     parser.add_argument("--table", choices=("linear", "cosine"), default=None,
                         help="train on this DDPM table of --timesteps steps, the digits rounded to 8 bits "
@@ -134,19 +165,20 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU")
     parser.add_argument("--output", default="runs/digits", help="folder for checkpoints and the sample grid")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--export", default=None, metavar="PATH",
+                        help="also write the model here without the optimizer's moments (a small checkpoint "
+                             "for sampling, e.g. benchmarks/assets/digits_unet16.pt)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sample-seed", type=int, default=None,
                         help="seed of the --respaced samples (default: --seed, which also splits the digits)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    images, labels = digits_with_labels()
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))
-    train, held_out = order[:1200], order[1200:]
+    train_images, train_labels, held_out_images, held_out_labels = split_digits(args.seed)
 
-    classifier = train_classifier(images[train], labels[train])
+    classifier = train_classifier(train_images, train_labels)
     with torch.no_grad():
-        accuracy = (classifier(images[held_out]).argmax(1) == labels[held_out]).float().mean().item()
-        reference = classifier.hidden(images[held_out]).numpy().astype(np.float64)
+        accuracy = (classifier(held_out_images).argmax(1) == held_out_labels).float().mean().item()
+        reference = classifier.hidden(held_out_images).numpy().astype(np.float64)
 
     samplers = [_parse_sampler(entry) for entry in args.solvers.split(",") if entry.strip()]
     respaced = [int(entry) for entry in args.respaced.split(",") if entry.strip()]
@@ -156,13 +188,13 @@ def main(argv=None) -> int:
     else:
         torch.manual_seed(args.seed)
         if args.table is None:
-            sde, time_scale, data = skd.VPSDE(), 1.0, images[train]
+            sde, time_scale, data = skd.VPSDE(), 1.0, train_images
         else:
             betas = (skd.VPSDE() if args.table == "linear" else skd.CosineVPSDE()).ddpm_betas(args.timesteps)
-            sde, time_scale, data = skd.DiffusionSDE.from_betas(betas), 1.0 / args.timesteps, quantize(images[train], 8)
+            sde, time_scale, data = skd.DiffusionSDE.from_betas(betas), 1.0 / args.timesteps, quantize(train_images, 8)
         net = UNet(1, base=args.base, channel_mults=(1, 2), attention_resolutions=(4,), image_size=8,
                    learn_variance=args.learn_variance, time_scale=time_scale)
-        trainer = Trainer(net, sde, loss=args.loss, lr=args.lr, ema_decay=args.ema_decay, device=args.device,
+        trainer = Trainer(net, sde, loss=args.loss, prediction=args.prediction, lr=args.lr, ema_decay=args.ema_decay, device=args.device,
                           checkpoint_dir=output, checkpoint_every=500, seed=args.seed, progress=False)
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
         start, wall_start = clock(), time.perf_counter()
@@ -170,15 +202,19 @@ def main(argv=None) -> int:
             trainer.fit(data, steps=min(args.max_steps, trainer.step + 50), batch_size=args.batch_size)
         train_seconds, train_wall_seconds = clock() - start, time.perf_counter() - wall_start
         trainer.save(output / "model.pt")
+    if args.export:
+        export_checkpoint(trainer, args.export)
+        print(f"wrote {args.export} ({Path(args.export).stat().st_size / 1e6:.2f} MB)")
     parameters = sum(p.numel() for p in trainer.net.parameters())
-    print(f"U-Net: {parameters:,} parameters, {trainer.step} steps (batch {args.batch_size}, loss {trainer.loss_kind}"
+    print(f"U-Net: {parameters:,} parameters, {trainer.step} steps (batch {args.batch_size}, loss {trainer.loss_kind}, "
+          f"{trainer.prediction}-prediction"
           f"{', learned variance' if trainer.learn_variance else ''}) in {train_seconds:.0f} {args.clock} s "
           f"({train_wall_seconds:.0f} s wall) on {trainer.device}; "
           f"final loss {np.mean(trainer.losses[-100:]):.4f}; classifier test accuracy {accuracy:.3f}")
     variances = (["learned"] if trainer.learn_variance else []) + ["beta_tilde", "beta"]
     bounds = {}
     if args.vlb_samples:
-        held_out_8bit = quantize(images[held_out][:args.vlb_samples], 8).to(trainer.device, trainer.dtype)
+        held_out_8bit = quantize(held_out_images[:args.vlb_samples], 8).to(trainer.device, trainer.dtype)
         for variance in variances:
             start = time.perf_counter()
             bits = skd.vlb_bits_per_dim(trainer.sde, trainer.ema, held_out_8bit, prediction=trainer.prediction,
@@ -193,7 +229,7 @@ def main(argv=None) -> int:
                   f"({bounds[variance]['seconds']:.0f} s)")
 
     noise = trainer.sde.prior_sample((args.samples, 1, 8, 8), generator=torch.Generator().manual_seed(1))
-    rows = {"held-out real": scores(classifier, images[held_out][:args.samples], reference)}
+    rows = {"held-out real": scores(classifier, held_out_images[:args.samples], reference)}
     output.mkdir(parents=True, exist_ok=True)
     for name, steps, grid in samplers:
         start = time.perf_counter()
