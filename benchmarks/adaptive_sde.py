@@ -10,7 +10,9 @@ shared by every method:
 * Euler–Maruyama and SRA1 on uniform grids (``sdekit.solve(sde.reverse(score), x_T, t_max, t_min,
   solver=..., brownian=tree, ts=...)``);
 * the adaptive order-1.5 SRKs ``sra3``, ``sosra``, ``shark`` at each tolerance (``rtol = atol =
-  tol`` unless ``--atol``), one step size per sample (the reverse SDE has ``batched_time``);
+  tol`` unless ``--atol``), one step size per sample (the reverse SDE has ``batched_time``), each
+  solve given its ``sdekit.PIDController`` (``controller=``): the controller's defaults unless
+  ``--pcoeff``, ``--icoeff``, ``--safety``, ``--factor-min``, ``--factor-max`` or ``--combine``;
 * ``adaptive_sde`` (Jolicoeur-Martineau et al. 2021) through ``skd.sample(..., brownian=tree)``
   at each ``--adaptive-sde-tols`` pair (the paper's defaults ``rtol = 0.05, atol = 0.0078`` first).
 
@@ -36,12 +38,16 @@ the first step; with per-sample steps a batch runs until its slowest sample is d
 NFE depend on ``--batch`` (the mean over batches is reported). The targets (issue 11), checked at the
 end: the best adaptive SRK reaches Euler–Maruyama-1000's strong error with at most 1/5 of its NFE,
 and EM-1000's E log p gap (absolute value) with at most 200 NFE; ``NFE to reach`` interpolates each
-adaptive sweep log-log between neighbouring tolerances.
+adaptive sweep log-log between neighbouring tolerances. EM-1000's gap can be smaller than its own
+Monte Carlo standard error (its floor, printed), so the distribution target is judged two ways:
+strictly (``|gap| <= |gap_EM|``) and within the floor (``|gap| <= |gap_EM| +`` one standard error
+of ``gap - gap_EM``, the two paired on each path): a row that the samples cannot tell worse than
+EM-1000 reaches it.
 
     OMP_NUM_THREADS=1 python benchmarks/adaptive_sde.py [--n 3000] [--batch 1000] [--json out.json]
         [--plot out.png] [--quick]
 
-The default ``--n 3000`` (three batches) ran in 642 s on one core of a shared 2-core machine
+The default ``--n 3000`` (three batches) ran in 422 s on one core of a shared 2-core machine
 (``docs/results/adaptive_sde.txt``); the Monte Carlo standard errors printed beside every figure
 are those of that sample count (10 000 samples would shrink them 1.8x at 3.3x the time).
 """
@@ -105,10 +111,13 @@ def methods(args) -> list[dict]:
         rows.append(dict(family="sra1", setting=f"{steps} steps", steps=steps,
                          run=lambda p, x, tree, steps=steps: p.solve("sra1", x, tree, steps=steps)))
     for solver in [s for s in args.solvers.split(",") if s]:
+        error_order = sdekit.solvers.get(solver).error_order
         for tol in _floats(args.tols):
             atol = tol if args.atol is None else args.atol
+            controller = sdekit.PIDController(tol, atol, error_order, **controller_options(args))
             rows.append(dict(family=solver, setting=f"rtol={tol:g} atol={atol:g}", rtol=tol, atol=atol,
-                             run=lambda p, x, tree, s=solver, r=tol, a=atol: p.solve(s, x, tree, rtol=r, atol=a)))
+                             controller=controller,
+                             run=lambda p, x, tree, s=solver, c=controller: p.solve(s, x, tree, controller=c)))
     for rtol, atol in _pairs(args.adaptive_sde_tols):
         rows.append(dict(family="adaptive_sde", setting=f"rtol={rtol:g} atol={atol:g}", rtol=rtol, atol=atol,
                          run=lambda p, x, tree, r=rtol, a=atol: p.adaptive_sde(x, tree, rtol=r, atol=a)))
@@ -116,6 +125,15 @@ def methods(args) -> list[dict]:
         row["adaptive"] = "rtol" in row
         row["label"] = f"{row['family']} {row['setting']}"
     return rows
+
+
+CONTROLLER_OPTIONS = ("pcoeff", "icoeff", "safety", "factor_min", "factor_max", "combine")
+
+
+def controller_options(args) -> dict:
+    """The ``sdekit.PIDController`` settings of the adaptive SRKs given on the command line (the
+    rest keep the controller's defaults)."""
+    return {name: getattr(args, name) for name in CONTROLLER_OPTIONS if getattr(args, name) is not None}
 
 
 class Problem:
@@ -130,10 +148,10 @@ class Problem:
         return sdekit.BrownianTree(self.sde.t_min, self.sde.t_max, (batch, dim), seed=seed, levy_area=True,
                                    sample_offset=first, dtype=torch.float64)
 
-    def solve(self, solver: str, x_T, tree, *, steps=None, rtol=None, atol=None) -> sdekit.Solution:
+    def solve(self, solver: str, x_T, tree, *, steps=None, controller=None) -> sdekit.Solution:
         ts = None if steps is None else skd.time_grid(self.sde, steps, "uniform")
         return sdekit.solve(self.reverse, x_T, self.sde.t_max, self.sde.t_min, solver=solver, ts=ts,
-                            rtol=rtol, atol=atol, brownian=tree)
+                            controller=controller, brownian=tree)
 
     def adaptive_sde(self, x_T, tree, *, rtol, atol) -> sdekit.Solution:
         return skd.sample(self.sde, self.score, x_T=x_T, solver="adaptive_sde", rtol=rtol, atol=atol,
@@ -189,12 +207,16 @@ def run(args) -> dict:
             nfe[row["label"]].append(solution.nfe)
             counts[row["label"]].append((solution.n_steps, solution.n_rejected))
     results = []
+    baseline = baseline_row(rows)
+    baseline_gap = None if baseline is None else torch.cat(per_sample[baseline["label"]]["gap"])
     for row in rows:
         label = row["label"]
         error = torch.cat(per_sample[label]["error"])
         gap = torch.cat(per_sample[label]["gap"])
         strong, strong_se = mean_and_stderr(error)
         gap_mean, gap_se = mean_and_stderr(gap)
+        # the Monte Carlo error of (this gap - the baseline's), paired on each path
+        difference_se = float("nan") if baseline_gap is None else mean_and_stderr(gap - baseline_gap)[1]
         results.append({
             "label": label, "family": row["family"], "setting": row["setting"], "adaptive": row["adaptive"],
             "steps": row.get("steps"), "rtol": row.get("rtol"), "atol": row.get("atol"),
@@ -203,7 +225,7 @@ def run(args) -> dict:
             "n_rejected": sum(c[1] for c in counts[label]) / len(counts[label]),
             "strong_error": strong, "strong_stderr": strong_se, "strong_median": error.median().item(),
             "off_path": int((error > OFF_PATH).sum()), "log_p_gap": gap_mean, "log_p_gap_stderr": gap_se,
-            "seconds": seconds[label]})
+            "log_p_gap_difference_stderr": difference_se, "seconds": seconds[label]})
     ref_error = mean_and_stderr(torch.cat(reference["error"]))
     ref_gap = mean_and_stderr(torch.cat(reference["gap"]))
     ref_log_p = mean_and_stderr(torch.cat(reference["log_p"]))
@@ -213,7 +235,14 @@ def run(args) -> dict:
         "reference": {"solver": "sra1", "steps": args.reference_steps, "strong_error": ref_error[0],
                       "strong_stderr": ref_error[1], "log_p_gap": ref_gap[0], "log_p_gap_stderr": ref_gap[1],
                       "log_p": ref_log_p[0], "log_p_stderr": ref_log_p[1], **checks},
-        "rows": results, "targets": targets(results)}
+        "controller": controller_settings(args), "rows": results, "targets": targets(results)}
+
+
+def controller_settings(args) -> dict:
+    """The adaptive SRKs' controller settings in effect (the given ones and the defaults)."""
+    controller = sdekit.PIDController(1.0, 1.0, 1.0, **controller_options(args))
+    return {name: getattr(controller, name) for name in ("pcoeff", "icoeff", "dcoeff", "safety", "factor_min",
+                                                         "factor_max", "factor_after_reject", "combine")}
 
 
 def nfe_to_reach(points: list[tuple[float, float]], target: float) -> float | None:
@@ -229,24 +258,45 @@ def nfe_to_reach(points: list[tuple[float, float]], target: float) -> float | No
     return None
 
 
-def targets(rows: list[dict]) -> dict:
-    """Issue 11's two targets, against Euler-Maruyama with 1000 steps (or the finest EM row)."""
+def baseline_row(rows: list[dict]) -> dict | None:
+    """The targets' baseline: Euler-Maruyama with 1000 steps (or the finest EM row; None without one)."""
     em = [r for r in rows if r["family"] == "euler_maruyama"]
     if not em:
+        return None
+    return next((r for r in em if r["steps"] == EM_TARGET_STEPS), max(em, key=lambda r: r["steps"]))
+
+
+def within_floor(row: dict, baseline: dict) -> bool:
+    """Whether ``row``'s |E log p gap| is at most the baseline's plus one Monte Carlo standard error
+    of the difference of the two gaps (paired on each path): not resolved as worse than the
+    baseline's distribution error."""
+    return abs(row["log_p_gap"]) <= abs(baseline["log_p_gap"]) + row["log_p_gap_difference_stderr"]
+
+
+def targets(rows: list[dict]) -> dict:
+    """Issue 11's two targets, against Euler-Maruyama with 1000 steps (or the finest EM row).
+
+    The distribution target is judged two ways: strictly (|gap| <= the baseline's |gap|, a figure
+    that can sit below its own Monte Carlo floor) and within the floor (:func:`within_floor`)."""
+    baseline = baseline_row(rows)
+    if baseline is None:
         return {}
-    baseline = next((r for r in em if r["steps"] == EM_TARGET_STEPS), max(em, key=lambda r: r["steps"]))
     srk = [r for r in rows if r["family"] in SRK]
     result = {"baseline": baseline["label"], "baseline_nfe": baseline["nfe"],
               "baseline_strong_error": baseline["strong_error"], "baseline_strong_stderr": baseline["strong_stderr"],
               "baseline_log_p_gap": baseline["log_p_gap"], "baseline_log_p_gap_stderr": baseline["log_p_gap_stderr"],
               "strong_nfe_limit": TARGET_NFE_FRACTION * baseline["nfe"],
-              "distribution_nfe_limit": TARGET_DISTRIBUTION_NFE, "families": {}}
+              "distribution_nfe_limit": TARGET_DISTRIBUTION_NFE,
+              "baseline_log_p_gap_resolved": abs(baseline["log_p_gap"]) > baseline["log_p_gap_stderr"],
+              "families": {}}
     for family in sorted({r["family"] for r in rows if r["adaptive"]}):
         sweep = [r for r in rows if r["family"] == family]
+        floor_rows = [r["nfe"] for r in sweep if within_floor(r, baseline)]
         result["families"][family] = {
             "strong_nfe": nfe_to_reach([(r["nfe"], r["strong_error"]) for r in sweep], baseline["strong_error"]),
             "distribution_nfe": nfe_to_reach([(r["nfe"], abs(r["log_p_gap"])) for r in sweep],
-                                             abs(baseline["log_p_gap"]))}
+                                             abs(baseline["log_p_gap"])),
+            "distribution_floor_nfe": min(floor_rows) if floor_rows else None}
 
     def best(measure) -> float | None:
         """The least NFE of an adaptive SRK row at least as good as the baseline."""
@@ -255,10 +305,12 @@ def targets(rows: list[dict]) -> dict:
 
     result["strong_best_nfe"] = best(lambda r: r["strong_error"])
     result["distribution_best_nfe"] = best(lambda r: abs(r["log_p_gap"]))
-    result["strong_met"] = (result["strong_best_nfe"] is not None
-                            and result["strong_best_nfe"] <= result["strong_nfe_limit"])
-    result["distribution_met"] = (result["distribution_best_nfe"] is not None
-                                  and result["distribution_best_nfe"] <= TARGET_DISTRIBUTION_NFE)
+    floor_rows = [r["nfe"] for r in srk if within_floor(r, baseline)]
+    result["distribution_floor_best_nfe"] = min(floor_rows) if floor_rows else None
+    for key, limit in (("strong", result["strong_nfe_limit"]), ("distribution", TARGET_DISTRIBUTION_NFE),
+                       ("distribution_floor", TARGET_DISTRIBUTION_NFE)):
+        nfe = result[f"{key}_best_nfe"]
+        result[f"{key}_met"] = nfe is not None and nfe <= limit
     return result
 
 
@@ -272,7 +324,9 @@ def report(result: dict, elapsed: float) -> None:
     print(f"exact law: E log p_t_min = {ref['exact_log_p']:.4f} +- {ref['exact_log_p_stderr']:.4f} "
           f"({ref['exact_samples']} exact samples); reference {ref['log_p']:.4f} +- {ref['log_p_stderr']:.4f}; "
           f"KL(prior | p_t_max) = {ref['kl_prior']:.1e} +- {ref['kl_prior_stderr']:.0e} bounds "
-          "KL(reference law | p_t_min)\n")
+          "KL(reference law | p_t_min)")
+    settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in result["controller"].items())
+    print(f"adaptive SRKs: one step size per sample, sdekit.PIDController({settings})\n")
     header = (f"{'method':36s} {'NFE':>7s} {'steps':>6s} {'rej':>5s} {'strong error':>19s} {'median':>8s} "
               f"{'off':>4s} {'E log p gap':>19s} {'s':>6s}")
     print(header)
@@ -290,11 +344,19 @@ def report(result: dict, elapsed: float) -> None:
           f"{t['baseline_strong_error']:.3e} +- {t['baseline_strong_stderr']:.1e}, E log p gap "
           f"{t['baseline_log_p_gap']:+.4f} +- {t['baseline_log_p_gap_stderr']:.4f}; the +- is the Monte Carlo "
           "floor of each figure, one standard error):")
+    resolved = "above" if t["baseline_log_p_gap_resolved"] else "below"
+    print(f"  floor: EM's |E log p gap| {abs(t['baseline_log_p_gap']):.4f} is {resolved} its own standard error "
+          f"{t['baseline_log_p_gap_stderr']:.4f}. Strictly, a row reaches it when its |gap| <= {abs(t['baseline_log_p_gap']):.4f}; "
+          "within the floor, when its |gap| <= that + one standard error of (its gap - EM's), paired per path.")
+    print(f"  {'':14s} {'NFE to reach EM strong error':>28s} {'|gap| strictly':>16s} {'|gap| within floor':>20s}")
     for family, reach in t["families"].items():
-        cells = [("beyond the sweep" if v is None else f"{v:.0f}") for v in (reach["strong_nfe"], reach["distribution_nfe"])]
-        print(f"  {family:14s} NFE to reach its strong error: {cells[0]:>16s};  its |E log p gap|: {cells[1]:>16s}")
+        cells = [("beyond the sweep" if v is None else f"{v:.0f}")
+                 for v in (reach["strong_nfe"], reach["distribution_nfe"], reach["distribution_floor_nfe"])]
+        print(f"  {family:14s} {cells[0]:>28s} {cells[1]:>16s} {cells[2]:>20s}")
+    print("  (strong and strict: log-log interpolation along the sweep; within the floor: its cheapest row that does)")
     for key, name, limit in (("strong", "strong error", t["strong_nfe_limit"]),
-                             ("distribution", "|E log p gap|", t["distribution_nfe_limit"])):
+                             ("distribution", "|E log p gap|, strictly", t["distribution_nfe_limit"]),
+                             ("distribution_floor", "|E log p gap|, within the floor", t["distribution_nfe_limit"])):
         best = t[f"{key}_best_nfe"]
         found = "no adaptive SRK row reaches it" if best is None else f"best adaptive SRK row reaches it with NFE {best:.0f}"
         print(f"  {name}: {found}; target NFE <= {limit:.0f}: {'met' if t[f'{key}_met'] else 'NOT met'}")
@@ -319,6 +381,8 @@ def plot(result: dict, path: str) -> None:
         axes[0].axhline(t["baseline_strong_error"], color="gray", ls="--", lw=0.8)
         axes[0].axvline(t["strong_nfe_limit"], color="gray", ls=":", lw=0.8)
         axes[1].axhline(abs(t["baseline_log_p_gap"]), color="gray", ls="--", lw=0.8)
+        axes[1].axhspan(abs(t["baseline_log_p_gap"]), abs(t["baseline_log_p_gap"]) + t["baseline_log_p_gap_stderr"],
+                        color="gray", alpha=0.15, lw=0)
         axes[1].axvline(t["distribution_nfe_limit"], color="gray", ls=":", lw=0.8)
     for ax, ylabel in zip(axes, ("strong error E|X - X_ref| at t_min", "|E log p(X) - E log p(X_ref)| at t_min")):
         ax.set_xscale("log")
@@ -328,7 +392,7 @@ def plot(result: dict, path: str) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     axes[0].set_title("pathwise (dashed: EM-1000; dotted: 1/5 of its NFE)", fontsize=9)
-    axes[1].set_title("distribution (dashed: EM-1000; dotted: NFE 200)", fontsize=9)
+    axes[1].set_title("distribution (dashed: EM-1000; band: + its standard error; dotted: NFE 200)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -344,8 +408,14 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--em-steps", default="125,250,500,1000")
     parser.add_argument("--sra1-steps", default="25,50,100,200")
     parser.add_argument("--solvers", default=",".join(SRK), help="adaptive SRKs to run")
-    parser.add_argument("--tols", default="3e-2,2e-2,1e-2,3e-3", help="rtol of the adaptive SRKs")
+    parser.add_argument("--tols", default="3e-2,2e-2,1.5e-2,1e-2,3e-3", help="rtol of the adaptive SRKs")
     parser.add_argument("--atol", type=float, default=None, help="atol of the adaptive SRKs (default: = rtol)")
+    controller = parser.add_argument_group("the adaptive SRKs' sdekit.PIDController (default: its own defaults)")
+    for name, kind in (("pcoeff", float), ("icoeff", float), ("safety", float), ("factor_min", float),
+                       ("factor_max", float)):
+        controller.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
+    controller.add_argument("--combine", choices=("sum", "max"), default=None,
+                            help="atol + rtol |x| (sum) or max(atol, rtol |x|)")
     parser.add_argument("--adaptive-sde-tols", default="0.05/0.0078,0.01/0.0078,0.003/0.003",
                         help="rtol/atol pairs of adaptive_sde (atol omitted: the paper's 0.0078)")
     parser.add_argument("--exact-samples", type=int, default=200_000)

@@ -10,14 +10,15 @@ Fixed-step solves precompute the time grid, take Brownian increments in chunks o
 ``CHUNK`` steps, and look for non-finite states once per chunk (one host sync per chunk, none per
 step); when a chunk ends non-finite it is replayed step by step to name the first bad step.
 
-Adaptive solves (``rtol``/``atol``) run one of two loops — one step size for the batch (stopping
-exactly at ``save_at`` times), or one per sample for SDEs with ``batched_time`` — and both take
-every decision (initial step, accept/reject, next step, a stalled step) from the one
-:class:`sdekit.controller.PIDController`; every attempted step queries the Brownian source over its
-own interval, so a rejected step is retried on the same path.
+Adaptive solves (``rtol``/``atol``, or a ready ``controller``) run one of two loops — one step size
+for the batch (stopping exactly at ``save_at`` times), or one per sample for SDEs with
+``batched_time`` — and both take every decision (initial step, accept/reject, next step, a stalled
+step) from the one :class:`sdekit.controller.PIDController`; every attempted step queries the
+Brownian source over its own interval, so a rejected step is retried on the same path.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Sequence
 
@@ -195,7 +196,8 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
           ts: Sequence[float] | torch.Tensor | None = None, rtol: float | None = None,
           atol: float | None = None, brownian=None, generator: torch.Generator | None = None,
           save_at: Sequence[float] | torch.Tensor | None = None, max_steps: int = DEFAULT_MAX_STEPS,
-          progress: bool = False, dt0: float | None = None, **solver_options) -> Solution:
+          progress: bool = False, dt0: float | None = None, controller: PIDController | None = None,
+          **solver_options) -> Solution:
     """Integrate ``problem`` (an :class:`sdekit.SDE` or :class:`sdekit.ODE`) from ``x0`` at ``t0``
     to ``t1``.
 
@@ -212,6 +214,11 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
             whose problem declares ``batched_time`` (and no ``save_at``) gets one step size per
             sample. A step size that becomes NaN or collapses raises :class:`sdekit.NonFiniteError`
             naming the time.
+        controller: a :class:`sdekit.PIDController` to use instead of the one built from
+            ``rtol``/``atol`` (its own tolerances, coefficients, clipping and error norm; give it
+            or ``rtol``/``atol``, not both). Its ``error_order`` must be the solver's declared
+            ``error_order``; ``per_sample`` is set by the loop, as for the built one (a copy is
+            used: the given controller is not changed).
         brownian: a :class:`sdekit.BrownianTree` to replay one Brownian path (needed to compare step
             sizes on the same path); otherwise fixed-step SDE solves draw fresh normals from
             ``generator`` and adaptive SDE solves build a tree seeded from it.
@@ -228,13 +235,16 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
         raise ValueError(f"t0 == t1 == {t0}: nothing to integrate; give two different times")
     _check_x0(x0)
     solver.check(problem)
-    adaptive = rtol is not None or atol is not None
+    if controller is not None:
+        _check_controller(controller, solver, rtol, atol)
+    adaptive = rtol is not None or atol is not None or controller is not None
     if adaptive and not solver.adaptive:
         adaptive_names = [s["name"] for s in _solvers.available() if s["adaptive"]]
-        raise ValueError(f"solver {solver.name!r} takes fixed steps (give steps= or ts=); rtol/atol need an "
-                         f"adaptive solver: {adaptive_names}")
+        raise ValueError(f"solver {solver.name!r} takes fixed steps (give steps= or ts=); rtol/atol or "
+                         f"controller= need an adaptive solver: {adaptive_names}")
     if adaptive and (steps is not None or ts is not None):
-        raise ValueError("give either a fixed grid (steps= or ts=) or tolerances (rtol=, atol=), not both")
+        raise ValueError("give either a fixed grid (steps= or ts=) or tolerances (rtol=, atol= or controller=), "
+                         "not both")
     if steps is not None and ts is not None:
         raise ValueError("give steps= (equal steps) or ts= (an explicit grid), not both: ts= already fixes "
                          "the steps")
@@ -253,8 +263,13 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
                               replayable=adaptive)
     if adaptive:
         per_sample = sde and prepared.batched_time and save_at is None and hasattr(noise, "increments_per_sample")
-        controller = PIDController(DEFAULT_RTOL if rtol is None else rtol, DEFAULT_ATOL if atol is None else atol,
-                                   solver.error_order, per_sample=per_sample)
+        if controller is None:
+            controller = PIDController(DEFAULT_RTOL if rtol is None else rtol,
+                                       DEFAULT_ATOL if atol is None else atol, solver.error_order,
+                                       per_sample=per_sample)
+        else:   # the caller's settings, on the loop this solve runs
+            controller = copy.copy(controller)
+            controller.per_sample = per_sample
         if per_sample:
             return _solve_adaptive_per_sample(prepared, solver, controller, x0, t0, t1, noise, max_steps, dt0)
         return _solve_adaptive(prepared, solver, controller, x0, t0, t1, noise, _save_times(t0, t1, save_at),
@@ -262,6 +277,22 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
     grid, save_mask = _time_grid(t0, t1, steps, ts, save_at, x0)
     check_state_resolution(grid.numel() - 1, x0.dtype)
     return _solve_fixed(prepared, solver, x0, grid, save_mask, noise, progress, save_at is not None)
+
+
+def _check_controller(controller, solver: Solver, rtol, atol) -> None:
+    """Refuse a ``controller=`` that is not a PIDController, comes with tolerances, or was built
+    for another solver's error order."""
+    if not isinstance(controller, PIDController):
+        raise TypeError(f"controller must be a sdekit.PIDController (e.g. sdekit.PIDController(rtol, atol, "
+                        f"error_order=solver.error_order, pcoeff=0.0, icoeff=1.0)), got "
+                        f"{type(controller).__name__} {controller!r}")
+    if rtol is not None or atol is not None:
+        raise ValueError(f"give controller= or rtol=/atol=, not both: the controller carries its own tolerances "
+                         f"(rtol={controller.rtol}, atol={controller.atol}); got rtol={rtol}, atol={atol}")
+    if solver.error_order is not None and controller.error_order != float(solver.error_order):
+        raise ValueError(f"controller has error_order={controller.error_order} but solver {solver.name!r} "
+                         f"declares error_order={solver.error_order}; build it with "
+                         f"error_order=sdekit.solvers.get({solver.name!r}).error_order")
 
 
 def _progress_bar(progress: bool, total, unit: str):

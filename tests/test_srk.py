@@ -184,6 +184,41 @@ def test_adaptive_backward_returns_to_x0(batched_time):
     assert (sol.x - x0).abs().max().item() < 1e-2
 
 
+@pytest.mark.parametrize("batched_time", [False, True])
+def test_solve_takes_a_controller(batched_time):
+    """controller= replaces the one solve builds from rtol/atol: the same settings give the same
+    solve to the bit on either loop (its per_sample set by the loop, the caller's object left as it
+    was), other coefficients other steps."""
+    bench = transient(batched_time=batched_time)
+    x0 = bench.initial(4, dtype=DTYPE)
+    tree = tree_for(x0, seed=11)
+    built = sdekit.solve(bench.problem, x0, 0.0, 1.0, solver="shark", rtol=1e-2, atol=1e-3, brownian=tree)
+    controller = sdekit.PIDController(1e-2, 1e-3, error_order=1.0, per_sample=not batched_time)
+    given = sdekit.solve(bench.problem, x0, 0.0, 1.0, solver="shark", controller=controller, brownian=tree)
+    assert torch.equal(given.x, built.x) and (given.nfe, given.n_steps) == (built.nfe, built.n_steps)
+    assert controller.per_sample is not batched_time
+    i_controller = sdekit.PIDController(1e-2, 1e-3, error_order=1.0, pcoeff=0.0, icoeff=1.0, factor_max=1.125)
+    other = sdekit.solve(bench.problem, x0, 0.0, 1.0, solver="shark", controller=i_controller, brownian=tree)
+    assert other.n_steps != built.n_steps
+
+
+def test_solve_refuses_a_controller_it_cannot_use():
+    bench = transient()
+    x0 = bench.initial(2, dtype=DTYPE)
+    controller = sdekit.PIDController(1e-2, 1e-2, error_order=1.0)
+    run = dict(problem=bench.problem, x0=x0, t0=0.0, t1=1.0)
+    with pytest.raises(ValueError, match="controller= or rtol=/atol=, not both"):
+        sdekit.solve(**run, solver="shark", controller=controller, atol=1e-3)
+    with pytest.raises(TypeError, match="must be a sdekit.PIDController"):
+        sdekit.solve(**run, solver="shark", controller={"rtol": 1e-2})
+    with pytest.raises(ValueError, match="error_order=4.0 but solver 'shark' declares error_order=1.0"):
+        sdekit.solve(**run, solver="shark", controller=sdekit.PIDController(1e-2, 1e-2, error_order=4.0))
+    with pytest.raises(ValueError, match="takes fixed steps"):
+        sdekit.solve(**run, solver="sra1", controller=controller)
+    with pytest.raises(ValueError, match="not both"):
+        sdekit.solve(**run, solver="shark", controller=controller, steps=10)
+
+
 # -- solver state through the adaptive loops -------------------------------------------------------
 
 class CachedDriftHeun(sdekit.solvers.Solver):

@@ -13,6 +13,8 @@ same sample index gets the same noise whatever the batch size). Adaptive solvers
 probability-flow ODE, Song et al. 2021 §4.3), or runs ``torchdiffeq.odeint(method="dopri5")`` with
 ``backend="torchdiffeq"``; adaptive SDE solvers (``adaptive_em``) take ``rtol``/``atol`` (default
 ``1e-2``/``1e-2``) on a ``sdekit.BrownianTree`` (replayable, so rejected steps stay on one path).
+Any adaptive core solver also takes ``controller=`` (a :class:`sdekit.PIDController`, passed to
+``sdekit.solve`` in place of the tolerances: give one or the other).
 The core's :class:`sdekit.Solution` is returned as it is: its ``n_steps``, ``n_rejected`` and
 accepted ``grid``. ``sample(..., brownian=tree)`` replaces both noise sources by the given
 :class:`sdekit.BrownianTree` (``sdekit.solve``'s ``brownian=``), fixed-step and adaptive alike;
@@ -34,7 +36,7 @@ from ._common import Context
 
 DOPRI5_TOLERANCE = 1e-5        # score_sde: RK45 at rtol = atol = 1e-5 for the probability flow
 ADAPTIVE_SDE_TOLERANCE = 1e-2
-ADAPTIVE_OPTIONS = ("rtol", "atol", "max_steps", "dt0")
+ADAPTIVE_OPTIONS = ("rtol", "atol", "max_steps", "dt0", "controller")
 
 
 def core_options(info: dict) -> tuple[str, ...]:
@@ -64,6 +66,8 @@ def run_core(ctx: Context, x: torch.Tensor, ts: torch.Tensor, *, name: str,
         from torchdiffeq import odeint
 
         solver_options.pop("max_steps", None)
+        if solver_options.pop("controller", None) is not None:
+            raise ValueError("controller= is for backend='sdekit'; torchdiffeq's dopri5 takes rtol= and atol=")
         times = torch.stack([ts[0], ts[-1]])
         out = odeint(lambda t, y: problem.drift(t, y), x, times,
                      rtol=DOPRI5_TOLERANCE if rtol is None else rtol,
@@ -82,8 +86,9 @@ def run_core(ctx: Context, x: torch.Tensor, ts: torch.Tensor, *, name: str,
             from sdekit.brownian import BrownianTree
             brownian = BrownianTree(min(t0, t1), max(t0, t1), tuple(x.shape), seed=ctx.seed + 1,
                                     sample_offset=ctx.sample_offset, dtype=x.dtype, device=x.device)
-        return sdekit.solve(problem, x, t0, t1, solver=name, rtol=default if rtol is None else rtol,
-                            atol=default if atol is None else atol, brownian=brownian,
+        if solver_options.get("controller") is None:   # the controller carries its own tolerances
+            rtol, atol = (default if rtol is None else rtol), (default if atol is None else atol)
+        return sdekit.solve(problem, x, t0, t1, solver=name, rtol=rtol, atol=atol, brownian=brownian,
                             progress=ctx.progress, **solver_options)
     noise = (ctx.normal.noise if ctx.brownian is None else ctx.brownian) if is_sde else None
     if ctx.callback is None:
