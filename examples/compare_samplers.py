@@ -18,10 +18,10 @@ import torch
 
 import sdekit_diffusion as skd
 
-DETERMINISTIC = ["ddim", "dpm_solver_2", "dpm_solver_3", "dpm_solver++_2m", "dpm_solver++_3m", "edm_heun",
-                 "heun", "rk4"]
-STOCHASTIC = [("euler_maruyama", {}), ("reverse_diffusion", {}), ("ancestral", {}),
-              ("pc", {"corrector": "langevin", "snr": 0.16}), ("ddim", {"eta": 1.0})]
+DETERMINISTIC = ["ddim", "dpm_solver_2", "dpm_solver_3", "dpm_solver++_2m", "dpm_solver++_3m", "unipc", "ipndm",
+                 "deis", "edm_heun", "heun", "rk4"]
+STOCHASTIC = [("euler_maruyama", {}), ("sra1", {}), ("reverse_diffusion", {}), ("ancestral", {}),
+              ("pc", {"corrector": "langevin", "snr": 0.16}), ("ddim", {"eta": 1.0}), ("dpm_solver++_2m_sde", {})]
 SDES = {"vp": skd.VPSDE, "subvp": skd.SubVPSDE, "ve": skd.VESDE, "cosine": skd.CosineVPSDE}
 
 
@@ -60,8 +60,8 @@ def main(argv=None) -> None:
     for name in DETERMINISTIC:
         cells = []
         for nfe in args.nfe:
-            steps = {"dpm_solver_2": nfe // 2, "dpm_solver_3": nfe // 3, "edm_heun": (nfe + 1) // 2,
-                     "heun": nfe // 2, "rk4": nfe // 4}.get(name, nfe)
+            calls = skd.samplers.get(name).calls_per_step({})   # score calls per grid step
+            steps = (nfe + 1) // 2 if name == "edm_heun" else nfe // calls   # edm_heun: its last step is Euler
             sol = skd.sample(sde, score, x_T=x_T, solver=name, steps=max(steps, 1), time_grid="logsnr")
             err = (sol.x - reference).norm(dim=1).mean().item()
             best[nfe] = min(best.get(nfe, (float("inf"), "")), (err, name))
