@@ -197,7 +197,7 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
           atol: float | None = None, brownian=None, generator: torch.Generator | None = None,
           save_at: Sequence[float] | torch.Tensor | None = None, max_steps: int = DEFAULT_MAX_STEPS,
           progress: bool = False, dt0: float | None = None, controller: PIDController | None = None,
-          **solver_options) -> Solution:
+          callback=None, **solver_options) -> Solution:
     """Integrate ``problem`` (an :class:`sdekit.SDE` or :class:`sdekit.ODE`) from ``x0`` at ``t0``
     to ``t1``.
 
@@ -225,6 +225,9 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
         save_at: times at which to save states (added to a fixed grid; hit exactly by adaptive steps).
         max_steps: budget of attempted steps for adaptive solves (:class:`sdekit.MaxStepsError`).
         progress: show a tqdm progress bar.
+        callback: ``callback(i, t, x)`` after fixed step ``i`` (0-based), with ``t`` the grid time
+            reached (a 0-d tensor on ``x``'s device, no host sync) and ``x`` the state there; not
+            taken by adaptive solves.
 
     Returns:
         :class:`sdekit.Solution`.
@@ -245,6 +248,9 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
     if adaptive and (steps is not None or ts is not None):
         raise ValueError("give either a fixed grid (steps= or ts=) or tolerances (rtol=, atol= or controller=), "
                          "not both")
+    if callback is not None and (adaptive or not callable(callback)):
+        raise ValueError("callback= is called after each fixed step: give a callable callback(i, t, x) and "
+                         "steps= or ts= (adaptive solves take none)")
     if steps is not None and ts is not None:
         raise ValueError("give steps= (equal steps) or ts= (an explicit grid), not both: ts= already fixes "
                          "the steps")
@@ -276,7 +282,7 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
                                max_steps, progress, dt0)
     grid, save_mask = _time_grid(t0, t1, steps, ts, save_at, x0)
     check_state_resolution(grid.numel() - 1, x0.dtype)
-    return _solve_fixed(prepared, solver, x0, grid, save_mask, noise, progress, save_at is not None)
+    return _solve_fixed(prepared, solver, x0, grid, save_mask, noise, progress, save_at is not None, callback)
 
 
 def _check_controller(controller, solver: Solver, rtol, atol) -> None:
@@ -302,7 +308,8 @@ def _progress_bar(progress: bool, total, unit: str):
     return tqdm(total=total, unit=unit, leave=False)
 
 
-def _solve_fixed(problem: _Prepared, solver: Solver, x0, grid, save_mask, noise, progress, saving) -> Solution:
+def _solve_fixed(problem: _Prepared, solver: Solver, x0, grid, save_mask, noise, progress, saving,
+                 callback=None) -> Solution:
     sign = -1.0 if problem.flip else 1.0
     solver_grid = grid * sign
     times = list(solver_grid.unbind())
@@ -325,6 +332,8 @@ def _solve_fixed(problem: _Prepared, solver: Solver, x0, grid, save_mask, noise,
             x, _, state = solver.step(problem, times[i], times[i + 1], x, increment, state)
             if mask[i + 1]:
                 saved.append(x)
+            if callback is not None:
+                callback(i, grid[i + 1], x)
         if not torch.isfinite(x).all():
             _locate_nonfinite(problem, solver, x_start, state_start, times, dts, grid, start, stop, dW, H, sign)
         if bar is not None:

@@ -21,6 +21,23 @@ class Noisy(sdekit.SDE):
         return 0.1 * torch.ones_like(x)
 
 
+def test_solve_calls_back_after_every_fixed_step():
+    """callback(i, t, x) after each fixed step, with the grid's time and the state there (equal to
+    save_at's), without changing the solve; refused for adaptive solves."""
+    x0 = torch.ones(8, 1, dtype=torch.float64)
+    ts = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
+    seen = []
+    common = dict(solver="euler_maruyama", ts=ts, brownian=sdekit.BrownianTree(0.0, 1.0, (8, 1), seed=2,
+                                                                               dtype=torch.float64))
+    saved = sdekit.solve(Additive(), x0, 0.0, 1.0, save_at=ts, **common)
+    called = sdekit.solve(Additive(), x0, 0.0, 1.0, callback=lambda i, t, x: seen.append((i, t, x)), **common)
+    assert torch.equal(called.x, saved.x) and [i for i, _, _ in seen] == list(range(10))
+    assert torch.equal(torch.stack([x for _, _, x in seen]), saved.xs[1:])
+    assert torch.equal(torch.stack([t for _, t, _ in seen]), ts[1:])
+    with pytest.raises(ValueError, match="callback"):
+        sdekit.solve(Additive(), x0, 0.0, 1.0, solver="sra3", rtol=1e-2, callback=print)
+
+
 def test_steps_and_ts_together_are_refused():
     with pytest.raises(ValueError, match="not both"):
         sdekit.solve(Decay(), torch.ones(2, 1), 0.0, 1.0, solver="euler", steps=4,

@@ -443,6 +443,20 @@ def test_callback_and_progress():
     assert seen == list(range(5))
 
 
+def test_a_callback_does_not_change_a_core_solve():
+    """A core SDE sampler with a callback runs one sdekit.solve (its callback= per step, no solve
+    per step): the same samples as without, and the callback sees each step's state and time."""
+    sde = skd.VPSDE()
+    score = mixture().score_fn(sde)
+    plain = skd.sample(sde, score, (64, 2), solver="euler_maruyama", steps=40, seed=3)
+    seen = []
+    watched = skd.sample(sde, score, (64, 2), solver="euler_maruyama", steps=40, seed=3,
+                         callback=lambda i, x, t, d: seen.append((i, t, x)))
+    assert torch.equal(watched.x, plain.x) and watched.nfe == plain.nfe == 40
+    assert [i for i, _, _ in seen] == list(range(40)) and torch.equal(seen[-1][2], plain.x)
+    assert torch.equal(torch.stack([t for _, t, _ in seen]), plain.grid[1:])
+
+
 # -- time grids --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve", "subvp", "custom"])

@@ -91,13 +91,6 @@ def run_core(ctx: Context, x: torch.Tensor, ts: torch.Tensor, *, name: str,
         return sdekit.solve(problem, x, t0, t1, solver=name, rtol=rtol, atol=atol, brownian=brownian,
                             progress=ctx.progress, **solver_options)
     noise = (ctx.normal.noise if ctx.brownian is None else ctx.brownian) if is_sde else None
-    if ctx.callback is None:
-        return sdekit.solve(problem, x, t0, t1, solver=name, ts=ts, brownian=noise,
-                            progress=ctx.progress, **solver_options)
-    # with a callback: one solve per interval (fixed-step core solvers carry no state across steps)
-    for i in range(len(ts) - 1):
-        x = sdekit.solve(problem, x, ts[i], ts[i + 1], solver=name, ts=ts[i:i + 2],
-                         brownian=noise, **solver_options).x
-        ctx.report(i, x, ts[i + 1], None)
-    return sdekit.Solution(x=x, ts=ts, xs=None, nfe=ctx.score.calls, n_steps=len(ts) - 1,
-                           n_rejected=0, grid=ts)
+    report = None if ctx.callback is None else (lambda i, t, x_i: ctx.report(i, x_i, t, None))
+    return sdekit.solve(problem, x, t0, t1, solver=name, ts=ts, brownian=noise,
+                        progress=ctx.progress, callback=report, **solver_options)
