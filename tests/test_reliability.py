@@ -86,14 +86,8 @@ def test_wrong_brownian_shape_is_a_shape_error_and_generator_must_be_a_generator
         sdekit.solve(Noisy(), torch.ones(2, 1), 0.0, 1.0, solver="euler_maruyama", steps=4, generator=42)
 
 
-class Additive(sdekit.SDE):
+class Additive(Noisy):
     noise_type = "additive"
-
-    def drift(self, t, x):
-        return -x
-
-    def diffusion(self, t, x):
-        return 0.1 * torch.ones_like(x)
 
 
 @pytest.mark.parametrize("solver, options", [("euler_maruyama", {"steps": 64}),
@@ -117,16 +111,12 @@ def test_a_bfloat16_state_keeps_float64_times(solver, options):
         sdekit.solve(Additive(), x0, 0.0, 1.0, solver="euler_maruyama", steps=129)
 
 
-class PerSampleDecay(sdekit.SDE):
+class PerSampleDecay(Additive):
     """dx = -t x dt + 0.1 dW with one time per sample: t[:, None] * x keeps x's dtype only if t has it."""
-    noise_type = "additive"
     batched_time = True
 
     def drift(self, t, x):
         return -(t[:, None] if t.dim() else t) * x
-
-    def diffusion(self, t, x):
-        return 0.1 * torch.ones_like(x)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
