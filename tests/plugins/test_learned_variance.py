@@ -18,12 +18,7 @@ from sdekit_diffusion.variance import LearnedVarianceScore, interpolated_log_var
 from sdekit_diffusion.vlb import quantize, vlb_bits_per_dim
 
 
-@pytest.fixture(autouse=True)
-def float32_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float32_default")   # networks train in float32 (conftest)
 
 
 def table_sde(N=100):

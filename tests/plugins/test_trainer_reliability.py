@@ -16,12 +16,7 @@ from sdekit_diffusion.nets import MLP
 from sdekit_diffusion.training import CheckpointWarning, Trainer, checkpoint_files, latest_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def float32_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float32_default")   # networks train in float32 (conftest)
 
 
 def trainer(sde=None, **options):

@@ -17,14 +17,7 @@ from sdekit_diffusion.training import Trainer, latest_checkpoint, plot_samples, 
 DATA_STD = 0.5  # data ~ N(0, DATA_STD^2 I) for the closed-form tests
 
 
-@pytest.fixture(autouse=True)
-def float32_default():
-    """Networks train in float32, as in practice (conftest sets float64 for the numerical tests;
-    the closed-form loss tests below use float64 tensors explicitly)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float32_default")   # networks train in float32 (conftest)
 
 
 def gaussian_score(sde, std):
