@@ -25,7 +25,7 @@ import sdekit_diffusion as skd
 from sdekit.brownian import BrownianTree
 from sdekit_diffusion.samplers import get
 from sdekit_diffusion.samplers._common import NormalStream
-from sdekit_diffusion.samplers.adaptive import PATH_SEED_TAG
+from sdekit_diffusion.samplers._common import PATH_SEED_TAG
 
 T_MIN = 0.02   # order tests end here, as tests/plugins/test_samplers.py
 GAUSSIAN = skd.GaussianMixture.gaussian(torch.tensor([1.0, -0.5]), 0.5)

@@ -230,7 +230,7 @@ def test_adaptive_sde_takes_a_brownian_tree():
     """brownian= replaces the seeded path: the default path passed explicitly gives the same
     samples, and on a given tree adaptive_sde converges to the core's solution of the reverse SDE on
     that tree (SRA1, fine grid) as the tolerances tighten."""
-    from sdekit_diffusion.samplers.adaptive import PATH_SEED_TAG
+    from sdekit_diffusion.samplers._common import PATH_SEED_TAG
 
     sde = skd.VPSDE()
     score = mixture().score_fn(sde)

@@ -87,6 +87,8 @@ class NormalStream:
 
 
 NOISE_CHUNK = 32   # grid steps per Brownian-tree query, as the core's fixed-step solve loop
+PATH_SEED_TAG = 0xAD5DE  # seed of a sampler's own Brownian path: seed + 2**64 * PATH_SEED_TAG
+NOISES = ("path", "fresh")   # noise= of samplers that draw from a Brownian path by default
 
 
 def check_brownian(brownian, x: torch.Tensor, ts: torch.Tensor, name: str, stochastic: bool):
@@ -118,6 +120,24 @@ def check_brownian(brownian, x: torch.Tensor, ts: torch.Tensor, name: str, stoch
                          f"[{min(t_start, t_end):.6g}, {max(t_start, t_end):.6g}]; build the tree over "
                          "[t_min, t_max] of the sampling (e.g. [sde.t_min, sde.t_max])")
     return brownian
+
+
+def sampler_path(ctx: "Context", x: torch.Tensor, noise: str, low: float, high: float, name: str,
+                 per: str):
+    """The Brownian tree of a sampler with ``noise=`` :data:`NOISES`: the one given as
+    ``sample(..., brownian=)`` (checked there), or, for ``noise="path"``, the sampler's own on
+    ``[low, high]`` seeded ``seed + 2**64 * PATH_SEED_TAG`` (``adaptive_sde`` and the DPM-Solver++
+    SDEs share it, so one seed gives them one path); None for ``noise="fresh"`` (fresh normals
+    per ``per``)."""
+    if ctx.brownian is not None:
+        if noise != "path":
+            raise ValueError(f"brownian= drives {name} by a Brownian path, noise={noise!r} draws fresh "
+                             f"normals per {per}: drop one of them")
+        return ctx.brownian
+    if noise != "path":
+        return None
+    return sdekit.BrownianTree(low, high, tuple(x.shape), seed=ctx.seed + (PATH_SEED_TAG << 64),
+                               sample_offset=ctx.sample_offset, dtype=x.dtype, device=x.device)
 
 
 class PathNoise:

@@ -69,10 +69,9 @@ import math
 import torch
 
 import sdekit
-from sdekit.brownian import BrownianTree
 
 from ..time_grids import TIME_SLACK
-from ._common import Context
+from ._common import NOISES, Context, sampler_path
 from .registry import register
 
 ABS_TOL = 0.0078   # Jolicoeur-Martineau et al. 2021
@@ -81,8 +80,6 @@ SAFETY = 0.9
 EXPONENT = 0.9
 H_INIT = 0.01
 ERROR_ORDER = 1.0  # Euler-Maruyama against improved Euler: the order the controller's k counts from
-PATH_SEED_TAG = 0xAD5DE  # seed of the Brownian path: seed + 2**64 * PATH_SEED_TAG
-NOISES = ("path", "fresh")
 
 
 def controller(rtol: float = REL_TOL, atol: float = ABS_TOL, safety: float = SAFETY,
@@ -114,20 +111,6 @@ def _interval(sde, ts: torch.Tensor) -> tuple[float, float]:
     return t_start, t_end
 
 
-def _path(ctx: Context, x: torch.Tensor, t_start: float, t_end: float, noise: str):
-    """The Brownian tree of ``noise="path"``: the one given as ``sample(..., brownian=)`` (checked
-    there), or one seeded from the sampler; None for ``noise="fresh"``."""
-    if ctx.brownian is not None:
-        if noise != "path":
-            raise ValueError(f"brownian= drives adaptive_sde by a Brownian path, noise={noise!r} draws "
-                             "fresh normals per attempt: drop one of them")
-        return ctx.brownian
-    if noise != "path":
-        return None
-    return BrownianTree(t_end, t_start, tuple(x.shape), seed=ctx.seed + (PATH_SEED_TAG << 64),
-                        sample_offset=ctx.sample_offset, dtype=x.dtype, device=x.device)
-
-
 @register("adaptive_sde", calls_per_step=2, stochastic=True, adaptive=True, order=1)
 def adaptive_sde(ctx: Context, x: torch.Tensor, ts: torch.Tensor, rtol: float = REL_TOL,
                  atol: float = ABS_TOL, safety: float = SAFETY, exponent: float = EXPONENT,
@@ -146,7 +129,7 @@ def adaptive_sde(ctx: Context, x: torch.Tensor, ts: torch.Tensor, rtol: float = 
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
     control = controller(rtol, atol, safety, exponent)
     t_start, t_end_value = _interval(ctx.sde, ts)
-    path = _path(ctx, x, t_start, t_end_value, noise)
+    path = sampler_path(ctx, x, noise, t_end_value, t_start, "adaptive_sde", "attempt")
     sde = ctx.sde
     batch = x.shape[0]
     shape = (batch,) + (1,) * (x.dim() - 1)

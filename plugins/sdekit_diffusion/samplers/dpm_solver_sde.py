@@ -74,31 +74,20 @@ from __future__ import annotations
 import math
 
 import torch
-from sdekit.brownian import BrownianTree
 
-from ._common import Context, PathNoise, schedule
-from .adaptive import PATH_SEED_TAG
+from ._common import NOISES, Context, PathNoise, sampler_path, schedule
 from .registry import register
 
-NOISES = ("path", "fresh")
 SOLVER_TYPES = ("midpoint", "heun")
 
 
 def _path_noise(ctx: Context, x: torch.Tensor, ts: torch.Tensor, noise: str) -> PathNoise | None:
     """The step normals of ``noise="path"``: from the tree given as ``sample(..., brownian=)``, or
     from this sampler's own seeded tree (module docstring); None for ``noise="fresh"``."""
-    if ctx.brownian is not None:
-        if noise != "path":
-            raise ValueError(f"brownian= drives the sampler by a Brownian path, noise={noise!r} draws "
-                             "fresh normals per step: drop one of them")
-        return ctx.path_noise(ts)
-    if noise != "path":
-        return None
     low = min(ctx.sde.t_min, float(ts[-1]))       # one host sync each, before the loop
     high = max(ctx.sde.t_max, float(ts[0]))
-    tree = BrownianTree(low, high, tuple(x.shape), seed=ctx.seed + (PATH_SEED_TAG << 64),
-                        sample_offset=ctx.sample_offset, dtype=x.dtype, device=x.device)
-    return PathNoise(tree, ts)
+    tree = sampler_path(ctx, x, noise, low, high, "the sampler", "step")
+    return None if tree is None else PathNoise(tree, ts)
 
 
 def _check(eta, s_noise, noise, solver_type) -> None:
