@@ -71,7 +71,8 @@ TARGET_NFE_FRACTION = 0.2
 TARGET_DISTRIBUTION_NFE = 200
 
 QUICK = dict(n=48, batch=48, reference_steps=512, em_steps="50,100,200", sra1_steps="25,50",
-             tols="1e-1,3e-2", solvers="shark", adaptive_sde_tols="0.1", exact_samples=20_000)
+             tols="1e-1,3e-2", solvers="shark", uniform_steps="25", adaptive_sde_tols="0.1",
+             exact_samples=20_000)
 
 
 def _ints(text: str) -> list[int]:
@@ -101,25 +102,37 @@ def mixture_problem(dim: int, seed: int):
     return data, sde, data.score_fn(sde), generator
 
 
+SHARED = "one step for the batch"     # family suffix of the shared-step adaptive rows
+UNIFORM = "uniform grid"              # family suffix of the fixed-step SRK rows
+
+
 def methods(args) -> list[dict]:
-    """One record per row: ``label``, ``family``, ``setting`` and ``run(problem, x_T, tree)``."""
+    """One record per row: ``label``, ``family``, ``setting``, ``solver`` and ``run(problem, x_T, tree)``."""
     rows = []
     for steps in _ints(args.em_steps):
-        rows.append(dict(family="euler_maruyama", setting=f"{steps} steps", steps=steps,
+        rows.append(dict(family="euler_maruyama", solver="euler_maruyama", setting=f"{steps} steps", steps=steps,
                          run=lambda p, x, tree, steps=steps: p.solve("euler_maruyama", x, tree, steps=steps)))
     for steps in _ints(args.sra1_steps):
-        rows.append(dict(family="sra1", setting=f"{steps} steps", steps=steps,
+        rows.append(dict(family="sra1", solver="sra1", setting=f"{steps} steps", steps=steps,
                          run=lambda p, x, tree, steps=steps: p.solve("sra1", x, tree, steps=steps)))
+    for solver in [s for s in args.uniform_solvers.split(",") if s]:
+        for steps in _ints(args.uniform_steps):
+            rows.append(dict(family=f"{solver}, {UNIFORM}", solver=solver, setting=f"{steps} steps", steps=steps,
+                             run=lambda p, x, tree, s=solver, steps=steps: p.solve(s, x, tree, steps=steps)))
+    shared_solvers = [s for s in args.shared_solvers.split(",") if s]
     for solver in [s for s in args.solvers.split(",") if s]:
         error_order = sdekit.solvers.get(solver).error_order
-        for tol in _floats(args.tols):
-            atol = tol if args.atol is None else args.atol
-            controller = sdekit.PIDController(tol, atol, error_order, **controller_options(args))
-            rows.append(dict(family=solver, setting=f"rtol={tol:g} atol={atol:g}", rtol=tol, atol=atol,
-                             controller=controller,
-                             run=lambda p, x, tree, s=solver, c=controller: p.solve(s, x, tree, controller=c)))
+        for per_sample in (True, False) if solver in shared_solvers else (True,):
+            for tol in _floats(args.tols):
+                atol = tol if args.atol is None else args.atol
+                controller = sdekit.PIDController(tol, atol, error_order, **controller_options(args))
+                rows.append(dict(family=solver if per_sample else f"{solver}, {SHARED}", solver=solver,
+                                 setting=f"rtol={tol:g} atol={atol:g}", rtol=tol, atol=atol, controller=controller,
+                                 run=lambda p, x, tree, s=solver, c=controller, ps=per_sample:
+                                 p.solve(s, x, tree, controller=c, per_sample_steps=ps)))
     for rtol, atol in _pairs(args.adaptive_sde_tols):
-        rows.append(dict(family="adaptive_sde", setting=f"rtol={rtol:g} atol={atol:g}", rtol=rtol, atol=atol,
+        rows.append(dict(family="adaptive_sde", solver="adaptive_sde", setting=f"rtol={rtol:g} atol={atol:g}",
+                         rtol=rtol, atol=atol,
                          run=lambda p, x, tree, r=rtol, a=atol: p.adaptive_sde(x, tree, rtol=r, atol=a)))
     for row in rows:
         row["adaptive"] = "rtol" in row
@@ -148,10 +161,10 @@ class Problem:
         return sdekit.BrownianTree(self.sde.t_min, self.sde.t_max, (batch, dim), seed=seed, levy_area=True,
                                    sample_offset=first, dtype=torch.float64)
 
-    def solve(self, solver: str, x_T, tree, *, steps=None, controller=None) -> sdekit.Solution:
+    def solve(self, solver: str, x_T, tree, *, steps=None, controller=None, per_sample_steps=None):
         ts = None if steps is None else skd.time_grid(self.sde, steps, "uniform")
         return sdekit.solve(self.reverse, x_T, self.sde.t_max, self.sde.t_min, solver=solver, ts=ts,
-                            controller=controller, brownian=tree)
+                            controller=controller, brownian=tree, per_sample_steps=per_sample_steps)
 
     def adaptive_sde(self, x_T, tree, *, rtol, atol) -> sdekit.Solution:
         return skd.sample(self.sde, self.score, x_T=x_T, solver="adaptive_sde", rtol=rtol, atol=atol,
@@ -218,7 +231,8 @@ def run(args) -> dict:
         # the Monte Carlo error of (this gap - the baseline's), paired on each path
         difference_se = float("nan") if baseline_gap is None else mean_and_stderr(gap - baseline_gap)[1]
         results.append({
-            "label": label, "family": row["family"], "setting": row["setting"], "adaptive": row["adaptive"],
+            "label": label, "family": row["family"], "solver": row["solver"], "setting": row["setting"],
+            "adaptive": row["adaptive"],
             "steps": row.get("steps"), "rtol": row.get("rtol"), "atol": row.get("atol"),
             "nfe": sum(nfe[label]) / len(nfe[label]),
             "n_steps": sum(c[0] for c in counts[label]) / len(counts[label]),
@@ -281,7 +295,7 @@ def targets(rows: list[dict]) -> dict:
     baseline = baseline_row(rows)
     if baseline is None:
         return {}
-    srk = [r for r in rows if r["family"] in SRK]
+    srk = [r for r in rows if r["solver"] in SRK and r["adaptive"]]
     result = {"baseline": baseline["label"], "baseline_nfe": baseline["nfe"],
               "baseline_strong_error": baseline["strong_error"], "baseline_strong_stderr": baseline["strong_stderr"],
               "baseline_log_p_gap": baseline["log_p_gap"], "baseline_log_p_gap_stderr": baseline["log_p_gap_stderr"],
@@ -304,6 +318,12 @@ def targets(rows: list[dict]) -> dict:
         return min(reached) if reached else None
 
     result["strong_best_nfe"] = best(lambda r: r["strong_error"])
+    # beside the targets (which are about adaptive runs): the cheapest fixed-step SRK row that reaches
+    # the baseline's strong error, and which family it is
+    uniform = sorted((r for r in rows if r["solver"] in SRK + ("sra1",) and not r["adaptive"]
+                      and r["strong_error"] <= baseline["strong_error"]), key=lambda r: r["nfe"])
+    result["strong_fixed_best"] = ({"label": uniform[0]["label"], "nfe": uniform[0]["nfe"],
+                                    "strong_error": uniform[0]["strong_error"]} if uniform else None)
     result["distribution_best_nfe"] = best(lambda r: abs(r["log_p_gap"]))
     floor_rows = [r["nfe"] for r in srk if within_floor(r, baseline)]
     result["distribution_floor_best_nfe"] = min(floor_rows) if floor_rows else None
@@ -326,13 +346,14 @@ def report(result: dict, elapsed: float) -> None:
           f"KL(prior | p_t_max) = {ref['kl_prior']:.1e} +- {ref['kl_prior_stderr']:.0e} bounds "
           "KL(reference law | p_t_min)")
     settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in result["controller"].items())
-    print(f"adaptive SRKs: one step size per sample, sdekit.PIDController({settings})\n")
-    header = (f"{'method':36s} {'NFE':>7s} {'steps':>6s} {'rej':>5s} {'strong error':>19s} {'median':>8s} "
+    print(f"adaptive SRKs: one step size per sample (rows '..., {SHARED}': one for the batch, "
+          f"per_sample_steps=False), sdekit.PIDController({settings})\n")
+    header = (f"{'method':52s} {'NFE':>7s} {'steps':>6s} {'rej':>5s} {'strong error':>19s} {'median':>8s} "
               f"{'off':>4s} {'E log p gap':>19s} {'s':>6s}")
     print(header)
     print("-" * len(header))
     for r in result["rows"]:
-        print(f"{r['label']:36s} {r['nfe']:7.0f} {r['n_steps']:6.0f} {r['n_rejected']:5.0f} "
+        print(f"{r['label']:52s} {r['nfe']:7.0f} {r['n_steps']:6.0f} {r['n_rejected']:5.0f} "
               f"{r['strong_error']:9.3e} +- {r['strong_stderr']:6.1e} {r['strong_median']:8.1e} {r['off_path']:4d} "
               f"{r['log_p_gap']:+9.4f} +- {r['log_p_gap_stderr']:6.4f} {r['seconds']:6.1f}")
     print(f"\noff: paths ending more than {OFF_PATH:g} from the reference (in another mode). Adaptive NFE: mean "
@@ -360,6 +381,9 @@ def report(result: dict, elapsed: float) -> None:
         best = t[f"{key}_best_nfe"]
         found = "no adaptive SRK row reaches it" if best is None else f"best adaptive SRK row reaches it with NFE {best:.0f}"
         print(f"  {name}: {found}; target NFE <= {limit:.0f}: {'met' if t[f'{key}_met'] else 'NOT met'}")
+    fixed = t.get("strong_fixed_best")
+    print("  beside the targets, fixed steps: " + ("no fixed-step SRK row reaches EM's strong error" if fixed is None
+          else f"{fixed['label']} reaches it with NFE {fixed['nfe']:.0f} ({fixed['strong_error']:.3e})"))
 
 
 def plot(result: dict, path: str) -> None:
@@ -408,6 +432,11 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--em-steps", default="125,250,500,1000")
     parser.add_argument("--sra1-steps", default="25,50,100,200")
     parser.add_argument("--solvers", default=",".join(SRK), help="adaptive SRKs to run")
+    parser.add_argument("--shared-solvers", default="shark", help="of --solvers, those also run with one step "
+                        "size for the batch (per_sample_steps=False)")
+    parser.add_argument("--uniform-solvers", default="shark", help="SRKs also run on uniform grids of "
+                        "--uniform-steps")
+    parser.add_argument("--uniform-steps", default="50,75,100")
     parser.add_argument("--tols", default="3e-2,2e-2,1.5e-2,1e-2,3e-3", help="rtol of the adaptive SRKs")
     parser.add_argument("--atol", type=float, default=None, help="atol of the adaptive SRKs (default: = rtol)")
     controller = parser.add_argument_group("the adaptive SRKs' sdekit.PIDController (default: its own defaults)")

@@ -10,8 +10,10 @@ Sources: sdekit's ``BrownianTree`` (with and without the Lévy area), ``Generato
 ``PerSampleNoise``, and torchsde's ``BrownianInterval`` queried once per step (as
 ``torchsde.sdeint`` does). The tree's cost per step is set by the grid: on a dyadic grid of 2**j
 steps its points need the top j levels only (about one tree node per step for a whole-grid query),
-on other grids every point needs all ``depth`` levels (see ``BrownianTree``'s docstring). The
-default cases hold one dyadic and one non-dyadic grid per shape.
+on other grids every point needs all ``depth`` levels (see ``BrownianTree``'s docstring), unless
+the tree is built with ``align=steps``, which stretches its dyadic grid so that the uniform grid of
+``steps`` steps lies on it (rows ``BrownianTree(align=k)``, for the non-dyadic cases). The default
+cases hold one dyadic and one non-dyadic grid per shape.
 
 Each figure is the best of ``--repeats`` runs, each on a fresh source (no state is reused).
 Target (issue 11): ``BrownianTree.increments`` over a fixed grid <= 3x ``GeneratorNoise`` per step
@@ -78,6 +80,9 @@ def measure_case(shape, steps, chunk, repeats, dtype, clock=time.perf_counter) -
     def tree():
         return BrownianTree(0.0, 1.0, shape, seed=0, dtype=dtype)
 
+    def aligned():
+        return BrownianTree(0.0, 1.0, shape, seed=0, dtype=dtype, align=steps)
+
     def generator():
         return GeneratorNoise(shape, torch.Generator().manual_seed(0), dtype=dtype)
 
@@ -85,6 +90,11 @@ def measure_case(shape, steps, chunk, repeats, dtype, clock=time.perf_counter) -
         rows[f"BrownianTree, {label}"] = best_time(tree, queries(ts, query_chunk), repeats, clock)
         rows[f"BrownianTree + Levy area, {label}"] = best_time(
             tree, queries(ts, query_chunk, levy_area=True), repeats, clock)
+        if not dyadic(steps):   # align=steps makes this grid dyadic
+            rows[f"BrownianTree(align={steps}), {label}"] = best_time(
+                aligned, queries(ts, query_chunk), repeats, clock)
+            rows[f"BrownianTree(align={steps}) + Levy area, {label}"] = best_time(
+                aligned, queries(ts, query_chunk, levy_area=True), repeats, clock)
         rows[f"GeneratorNoise, {label}"] = best_time(generator, queries(ts, query_chunk), repeats, clock)
         rows[f"GeneratorNoise + Levy area, {label}"] = best_time(
             generator, queries(ts, query_chunk, levy_area=True), repeats, clock)
@@ -106,15 +116,23 @@ def measure_case(shape, steps, chunk, repeats, dtype, clock=time.perf_counter) -
     return {name: seconds / steps for name, seconds in rows.items()}
 
 
-def ratios(per_step: dict[str, float], chunk: int) -> dict[str, float]:
-    """Tree / GeneratorNoise per step (the target's ratio) and torchsde / tree."""
+def dyadic(steps: int) -> bool:
+    return steps & (steps - 1) == 0
+
+
+def ratios(per_step: dict[str, float], chunk: int, steps: int) -> dict[str, float]:
+    """Tree / GeneratorNoise per step (the target's ratio; also for the tree aligned to a
+    non-dyadic grid) and torchsde / tree."""
     out = {}
+    trees = [("tree", "BrownianTree")] + ([] if dyadic(steps) else
+                                          [(f"tree(align={steps})", f"BrownianTree(align={steps})")])
     for label in ("whole grid", f"chunks of {chunk}"):
-        out[f"tree / generator, {label}"] = (per_step[f"BrownianTree, {label}"]
-                                             / per_step[f"GeneratorNoise, {label}"])
-        out[f"tree / generator with Levy area, {label}"] = (
-            per_step[f"BrownianTree + Levy area, {label}"]
-            / per_step[f"GeneratorNoise + Levy area, {label}"])
+        for short, name in trees:
+            out[f"{short} / generator, {label}"] = (per_step[f"{name}, {label}"]
+                                                    / per_step[f"GeneratorNoise, {label}"])
+            out[f"{short} / generator with Levy area, {label}"] = (
+                per_step[f"{name} + Levy area, {label}"]
+                / per_step[f"GeneratorNoise + Levy area, {label}"])
     torchsde_row = per_step.get("torchsde.BrownianInterval, per step")
     if torchsde_row is not None:
         out["torchsde / tree (chunks)"] = torchsde_row / per_step[f"BrownianTree, chunks of {chunk}"]
@@ -160,13 +178,13 @@ def main(argv=None) -> list[dict]:
     results = []
     for shape, steps in args.cases:
         per_step = measure_case(shape, steps, args.chunk, args.repeats, dtype, CLOCKS[args.clock])
-        ratio = ratios(per_step, args.chunk)
-        print(f"\nshape {shape}, {steps} steps{' (dyadic)' if steps & (steps - 1) == 0 else ''}")
+        ratio = ratios(per_step, args.chunk, steps)
+        print(f"\nshape {shape}, {steps} steps{' (dyadic)' if dyadic(steps) else ''}")
         print(f"{'source':44s} {'us/step':>10s}")
         for name, seconds in per_step.items():
             print(f"{name:44s} {seconds * 1e6:10.1f}")
         for name, value in ratio.items():
-            verdict = "" if not name.startswith("tree / generator") else (
+            verdict = "" if not name.startswith("tree") else (
                 "  (target <= 3x: met)" if value <= TARGET else "  (target <= 3x: missed)")
             print(f"{name:44s} {value:10.2f}{verdict}")
         results.append({"shape": list(shape), "steps": steps, "dtype": args.dtype, "clock": args.clock,

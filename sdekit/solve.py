@@ -197,7 +197,7 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
           atol: float | None = None, brownian=None, generator: torch.Generator | None = None,
           save_at: Sequence[float] | torch.Tensor | None = None, max_steps: int = DEFAULT_MAX_STEPS,
           progress: bool = False, dt0: float | None = None, controller: PIDController | None = None,
-          callback=None, **solver_options) -> Solution:
+          callback=None, per_sample_steps: bool | None = None, **solver_options) -> Solution:
     """Integrate ``problem`` (an :class:`sdekit.SDE` or :class:`sdekit.ODE`) from ``x0`` at ``t0``
     to ``t1``.
 
@@ -212,8 +212,8 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
             ``sosra``, ``shark``), controlled by :class:`sdekit.controller.PIDController`; ``dt0``
             optionally sets the first step size (otherwise the controller estimates it). An SDE
             whose problem declares ``batched_time`` (and no ``save_at``) gets one step size per
-            sample. A step size that becomes NaN or collapses raises :class:`sdekit.NonFiniteError`
-            naming the time.
+            sample unless ``per_sample_steps=False``. A step size that becomes NaN or collapses
+            raises :class:`sdekit.NonFiniteError` naming the time.
         controller: a :class:`sdekit.PIDController` to use instead of the one built from
             ``rtol``/``atol`` (its own tolerances, coefficients, clipping and error norm; give it
             or ``rtol``/``atol``, not both). Its ``error_order`` must be the solver's declared
@@ -225,6 +225,12 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
         save_at: times at which to save states (added to a fixed grid; hit exactly by adaptive steps).
         max_steps: budget of attempted steps for adaptive solves (:class:`sdekit.MaxStepsError`).
         progress: show a tqdm progress bar.
+        per_sample_steps: adaptive SDE solves only: ``None`` (default) steps each sample with its own
+            step size when the problem declares ``batched_time`` (each sample meets the tolerance
+            on its own, and the batch runs until its slowest sample is done), ``False`` takes one
+            step size for the whole batch (the error norm over all elements: no sample waits for
+            another, and every step is one Brownian query for the batch), ``True`` requires the
+            per-sample loop (ValueError when the problem cannot take it).
         callback: ``callback(i, t, x)`` after fixed step ``i`` (0-based), with ``t`` the grid time
             reached (a 0-d tensor on ``x``'s device, no host sync) and ``x`` the state there; not
             taken by adaptive solves.
@@ -248,6 +254,9 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
     if adaptive and (steps is not None or ts is not None):
         raise ValueError("give either a fixed grid (steps= or ts=) or tolerances (rtol=, atol= or controller=), "
                          "not both")
+    if per_sample_steps is not None and not adaptive:
+        raise ValueError("per_sample_steps= chooses how an adaptive solve steps the batch; a fixed grid (steps= or "
+                         "ts=) has the same steps for every sample: drop it")
     if callback is not None and (adaptive or not callable(callback)):
         raise ValueError("callback= is called after each fixed step: give a callable callback(i, t, x) and "
                          "steps= or ts= (adaptive solves take none)")
@@ -268,7 +277,7 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
         noise = _noise_source(problem, x0, brownian, generator, solver.needs_levy_area, t0, t1,
                               replayable=adaptive)
     if adaptive:
-        per_sample = sde and prepared.batched_time and save_at is None and hasattr(noise, "increments_per_sample")
+        per_sample = _per_sample(per_sample_steps, sde, prepared, save_at, noise)
         if controller is None:
             controller = PIDController(DEFAULT_RTOL if rtol is None else rtol,
                                        DEFAULT_ATOL if atol is None else atol, solver.error_order,
@@ -283,6 +292,21 @@ def solve(problem, x0: torch.Tensor, t0, t1, *, solver: str | Solver, steps: int
     grid, save_mask = _time_grid(t0, t1, steps, ts, save_at, x0)
     check_state_resolution(grid.numel() - 1, x0.dtype)
     return _solve_fixed(prepared, solver, x0, grid, save_mask, noise, progress, save_at is not None, callback)
+
+
+def _per_sample(requested, sde: bool, prepared: _Prepared, save_at, noise) -> bool:
+    """Whether an adaptive solve steps each sample on its own (``solve``'s ``per_sample_steps``)."""
+    if requested is not None and not isinstance(requested, bool):
+        raise TypeError(f"per_sample_steps must be None, True or False, got {requested!r}")
+    possible = sde and prepared.batched_time and save_at is None and hasattr(noise, "increments_per_sample")
+    if requested and not possible:
+        why = ("an ODE takes one step size for the batch" if not sde else
+               "save_at= needs one grid for the batch" if save_at is not None else
+               "the problem does not declare batched_time (its drift takes one time for the batch)"
+               if not prepared.batched_time else "the noise source has no increments_per_sample")
+        raise ValueError(f"per_sample_steps=True needs an SDE with batched_time, no save_at and a Brownian source "
+                         f"with per-sample queries: {why}; drop per_sample_steps")
+    return possible if requested is None else requested
 
 
 def _check_controller(controller, solver: Solver, rtol, atol) -> None:

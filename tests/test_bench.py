@@ -313,3 +313,17 @@ def test_adaptive_ode_script(tmp_path):
     assert {r["solver"] for r in rows} == {"dopri5", "torchdiffeq.dopri5", "scipy.RK45"}
     assert all(r["strong_error"] < 1e-2 for r in rows)
     assert _is_png(tmp_path / "a.png")
+
+
+def test_brownian_speed_script_times_the_aligned_tree(tmp_path, capsys):
+    """A non-dyadic case gets the BrownianTree(align=steps) rows and their ratio to GeneratorNoise;
+    a dyadic case does not (its grid already lies on the tree's)."""
+    results = _script("brownian_speed").main(["--cases", "4x2:10", "4x2:8", "--repeats", "1", "--chunk", "4",
+                                               "--json", str(tmp_path / "b.json")])
+    assert json.loads((tmp_path / "b.json").read_text()) == results
+    non_dyadic, dyadic = results
+    assert "BrownianTree(align=10), whole grid" in non_dyadic["us_per_step"]
+    assert "tree(align=10) / generator with Levy area, chunks of 4" in non_dyadic["ratios"]
+    assert not any("align" in name for name in dyadic["us_per_step"])
+    assert all(value > 0 for value in non_dyadic["us_per_step"].values())
+    assert "target <= 3x" in capsys.readouterr().out

@@ -228,6 +228,50 @@ def test_whole_grid_queries_generate_each_node_once(monkeypatch):
     assert torch.allclose(mixed[0][255:].sum(0), dyadic[0][255], rtol=0, atol=1e-14)
 
 
+def test_aligned_tree_makes_a_uniform_grid_dyadic(monkeypatch):
+    """align=m lays the dyadic grid over a stretched span: the uniform grids of m, m/2, 2m steps
+    need log2(2**ceil(log2 m)) levels (about one node per step), and the path keeps its law."""
+    from sdekit.brownian import tree as tree_module
+
+    generated = []
+    original = tree_module._range_normals
+
+    def counting(seed, keys, start, count, dtype):
+        generated.append(keys.numel())
+        return original(seed, keys, start, count, dtype)
+
+    monkeypatch.setattr(tree_module, "_range_normals", counting)
+    bm = BrownianTree(0.5, 2.5, (4000, 2), seed=6, align=1000)
+    ts = grid(0.5, 2.5, 1000)
+    assert bm._width(bm._snap(ts)) == 10 and bm._width(bm._snap(grid(0.5, 2.5, 125))) == 7
+    dW, H = bm.increments(ts, levy_area=True)
+    assert max(generated) <= 1024    # about one node per step (unaligned: 14 per step)
+    h = 2.0 / 1000
+    assert abs(dW.var() / h - 1) < 0.01 and abs(H.var() / (h / 12) - 1) < 0.01
+    assert scipy.stats.kstest((dW[:, :50] / math.sqrt(h)).flatten().numpy(), "norm").pvalue > 1e-3
+    # one path at every resolution and in every query form
+    coarse = bm.increments(grid(0.5, 2.5, 500), levy_area=True)
+    assert torch.allclose(coarse[0], dW.view(500, 2, 4000, 2).sum(1), rtol=0, atol=1e-12)
+    fine = bm.increments(grid(0.5, 2.5, 2000))[0]
+    assert torch.allclose(fine.view(1000, 2, 4000, 2).sum(1), dW, rtol=0, atol=1e-12)
+    small = BrownianTree(2.5, 0.5, (3, 2), seed=6, align=1000)   # reversed, a prefix of the batch
+    assert torch.allclose(small.increments(ts[:4])[0], dW[:3, :3], rtol=0, atol=1e-15)
+    per_sample = small.increments_per_sample(ts[[1, 2, 3]], ts[[2, 3, 4]])
+    assert torch.allclose(per_sample[0], dW[[1, 2, 3], [0, 1, 2]], rtol=0, atol=1e-12)
+    assert torch.allclose(per_sample[1], H[[1, 2, 3], [0, 1, 2]], rtol=0, atol=1e-10)
+    # another path than the unaligned tree of the same seed; the stretched span is not queryable
+    assert not torch.allclose(BrownianTree(0.5, 2.5, (4000, 2), seed=6).increments(ts[:3])[0], dW[:2])
+    with pytest.raises(ValueError, match="outside the BrownianTree interval"):
+        bm.increments(torch.tensor([2.0, 2.51], dtype=F64))
+
+
+@pytest.mark.parametrize("align, message", [(0, "align"), (2.5, "align"), (True, "align"),
+                                            (1 << 25, "needs depth >= 25")])
+def test_tree_rejects_a_bad_align(align, message):
+    with pytest.raises(ValueError, match=message):
+        BrownianTree(0.0, 1.0, (2,), align=align)
+
+
 def test_tree_call_is_antisymmetric():
     bm = BrownianTree(0.0, 1.0, (5,), seed=3)
     assert torch.equal(bm(0.2, 0.7), -bm(0.7, 0.2))

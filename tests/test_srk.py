@@ -172,6 +172,35 @@ def test_per_sample_steps_equal_single_sample_solves(name):
     assert min(rejected) > 0 and per_sample.n_rejected == max(rejected)
 
 
+def test_per_sample_steps_false_takes_one_step_for_the_batch():
+    """per_sample_steps=False on a batched_time problem runs the shared-step loop: the very solve of
+    the same problem without batched_time (bit for bit), on one grid for the batch."""
+    x0 = torch.linspace(0.5, 1.5, 8, dtype=DTYPE).reshape(4, 2)
+    tree = tree_for(x0, seed=6)
+    options = dict(solver="shark", rtol=1e-2, atol=1e-2, brownian=tree)
+    shared = sdekit.solve(transient(batched_time=True).problem, x0, 0.0, 1.0, per_sample_steps=False, **options)
+    plain = sdekit.solve(transient().problem, x0, 0.0, 1.0, **options)
+    assert torch.equal(shared.x, plain.x) and (shared.nfe, shared.n_steps) == (plain.nfe, plain.n_steps)
+    assert shared.grid.dim() == 1
+    per_sample = sdekit.solve(transient(batched_time=True).problem, x0, 0.0, 1.0, per_sample_steps=True, **options)
+    assert torch.equal(per_sample.x, sdekit.solve(transient(batched_time=True).problem, x0, 0.0, 1.0, **options).x)
+    assert not torch.equal(per_sample.x, shared.x)
+
+
+@pytest.mark.parametrize("call, message", [
+    (dict(per_sample_steps=True), "does not declare batched_time"),
+    (dict(per_sample_steps=True, batched=True, save_at=[0.5]), "save_at= needs one grid"),
+    (dict(per_sample_steps="yes", batched=True), "must be None, True or False"),
+    (dict(per_sample_steps=False, batched=True, fixed=True), "a fixed grid"),
+])
+def test_per_sample_steps_refuses_what_it_cannot_do(call, message):
+    x0 = torch.ones(4, 2, dtype=DTYPE)
+    bench = transient(batched_time=call.pop("batched", False))
+    grid = dict(steps=8) if call.pop("fixed", False) else dict(rtol=1e-2, atol=1e-2)
+    with pytest.raises((ValueError, TypeError), match=message):
+        sdekit.solve(bench.problem, x0, 0.0, 1.0, solver="shark", brownian=tree_for(x0, 1), **grid, **call)
+
+
 @pytest.mark.parametrize("batched_time", [False, True])
 def test_adaptive_backward_returns_to_x0(batched_time):
     """Additive noise makes the pathwise solution reversible: from the exact x(1) backwards to t = 0

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 
+from ..validation import positive_int
 from .generator import _elementwise_normals, _paired_normals
 from .source import Increments, accumulation_dtype, as_times, check_shape, serial
 
@@ -16,6 +17,17 @@ from .source import Increments, accumulation_dtype, as_times, check_shape, seria
 _TABLE_PER_PIECE = 1 << 22
 _GATHERED_PER_PIECE = 1 << 20
 _POINTS_PER_BLOCK = 32
+
+
+def _check_align(align, depth: int) -> int | None:
+    """``align`` as a positive int whose power-of-two ceiling the depth resolves (or None)."""
+    if align is None:
+        return None
+    align = positive_int(align, "align (the number of equal steps of a grid to make dyadic)")
+    if (align - 1).bit_length() > depth:
+        raise ValueError(f"align={align} needs depth >= {(align - 1).bit_length()} (2**depth dyadic "
+                         f"steps at least {align}); got depth={depth}")
+    return align
 
 
 def _range_normals(seed: int, keys: torch.Tensor, start: int, count: int, dtype: torch.dtype) -> torch.Tensor:
@@ -63,6 +75,16 @@ class BrownianTree:
             nearest point of the grid ``t0 + T j / 2**L``, ``T = |t1 - t0|``, so the **time
             tolerance** is ``T / 2**(L+1)`` (about 3e-8 of the interval by default, float32's
             resolution near 1). Dyadic times (uniform grids of ``2**k`` steps, ``k <= L``) are exact.
+        align: a number of steps ``m`` (default: none): the tree's dyadic grid is laid over
+            ``[lo, lo + T 2**ceil(log2 m) / m]`` (``lo = min(t0, t1)``), past the interval's upper
+            end, so that the uniform grid of ``m`` steps on ``[t0, t1]`` (and those of ``m 2**j``
+            steps, and of ``m / 2**j`` when that divides) are dyadic points of it: a whole-grid
+            query of such a grid costs about one node per step instead of ``L - log2(m)`` (see
+            "Grid queries"). The path on ``[t0, t1]`` is still a Brownian motion with its Lévy
+            area, a deterministic function of ``(seed, align, t)``, but another path than the
+            unaligned tree's of the same seed; queries stay inside ``[t0, t1]``. The time
+            tolerance becomes ``T 2**ceil(log2 m) / (m 2**(L+1))``. Needs ``2**ceil(log2 m) <=
+            2**L``.
 
     Construction (Foster, Lyons & Oberhauser 2020, the (W, H) bridge). The root carries
     :math:`W_{t_0,t_1} = \sqrt{T} Z` and :math:`H = \sqrt{T/12} Z'`. A node ``[s, u]`` of length
@@ -106,7 +128,8 @@ class BrownianTree:
     level, so the repeats are consecutive). A whole grid queried in one call thus costs the nodes
     of the tree it spans: about one node per step on a dyadic grid of ``2**k`` steps (one per step
     at the levels above the step, none below), and ``L - log2(k)`` per step on other grids,
-    whose points need every level (their grid indices are odd). Each point then sums its own
+    whose points need every level (their grid indices are odd), unless the tree is built with
+    ``align`` for that grid. Each point then sums its own
     nodes in a fixed order (one small matrix product per point), so a point's value does not
     depend on the other points of the query.
 
@@ -120,7 +143,8 @@ class BrownianTree:
 
     def __init__(self, t0: float, t1: float, shape: Sequence[int], seed: int = 0,
                  dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
-                 levy_area: bool = False, depth: int | None = None, sample_offset: int = 0):
+                 levy_area: bool = False, depth: int | None = None, sample_offset: int = 0,
+                 align: int | None = None):
         self.shape = check_shape(shape)
         t0, t1 = float(t0), float(t1)
         if not (math.isfinite(t0) and math.isfinite(t1)) or t0 == t1:
@@ -135,6 +159,11 @@ class BrownianTree:
         self.depth = 24 if depth is None else int(depth)
         if not 1 <= self.depth <= 52:
             raise ValueError(f"depth must be in [1, 52], got {self.depth}")
+        # the span of the dyadic grid: the interval itself, or stretched so that ``align`` equal
+        # steps of the interval are 2**ceil(log2 align) equal dyadic steps of the span
+        self.align = _check_align(align, self.depth)
+        self._span = self._length if self.align is None else (
+            self._length * (1 << (self.align - 1).bit_length()) / self.align)
         self._n_elements = math.prod(self.shape)
         self.sample_offset = int(sample_offset)
         self._per_sample = self._n_elements // self.shape[0]
@@ -151,8 +180,9 @@ class BrownianTree:
         self._level_cache: dict[torch.device, tuple] = {}
 
     def __repr__(self) -> str:
+        align = "" if self.align is None else f", align={self.align}"
         return (f"BrownianTree(t0={self.t0}, t1={self.t1}, shape={self.shape}, seed={self.seed}, "
-                f"dtype={self.dtype}, depth={self.depth}, sample_offset={self.sample_offset})")
+                f"dtype={self.dtype}, depth={self.depth}, sample_offset={self.sample_offset}{align})")
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -198,14 +228,15 @@ class BrownianTree:
 
     def _snap(self, ts: torch.Tensor) -> torch.Tensor:
         """Times -> int64 indices on the dyadic grid of depth L (validated against the interval)."""
-        position = (ts.to(torch.float64) - self._low) / self._length
-        slack = self._tolerance / self._length
-        if bool(((position < -slack) | (position > 1.0 + slack) | position.isnan()).any()):
-            bad = ts[(position < -slack) | (position > 1.0 + slack) | position.isnan()]
+        position = (ts.to(torch.float64) - self._low) / self._span
+        slack, top = self._tolerance / self._span, self._length / self._span
+        outside = (position < -slack) | (position > top + slack) | position.isnan()
+        if bool(outside.any()):
+            bad = ts[outside]
             raise ValueError(f"query times {bad.tolist()[:5]} lie outside the BrownianTree interval "
                              f"[{self._low}, {self._high}]")
         scale = float(1 << self.depth)
-        return torch.round(position.clamp(0.0, 1.0) * scale).to(torch.int64)
+        return torch.round(position.clamp(0.0, top) * scale).to(torch.int64)
 
     def _levels(self):
         """Per-level constants (cached per device): levels, shifts, masks, sqrt(h), h*sqrt(h)."""
@@ -214,7 +245,7 @@ class BrownianTree:
             level = torch.arange(self.depth, device=self.device, dtype=torch.int64)
             shift = self.depth - level
             mask = (torch.ones_like(shift) << shift) - 1
-            h = self._length * torch.pow(2.0, -level.to(torch.float64)).to(self._acc_dtype)
+            h = self._span * torch.pow(2.0, -level.to(torch.float64)).to(self._acc_dtype)
             cached = (level, shift, mask, h.sqrt(), h * h.sqrt())
             self._level_cache[self.device] = cached
         return cached
@@ -257,7 +288,7 @@ class BrownianTree:
         g1 = torch.where(left, 0.25 * x, 0.25 * (1.0 - x)) - 0.75 * x1
         g2 = torch.where(left, half_root3 * x1, -half_root3 * x1)
         root_x = index.to(acc) / float(1 << self.depth)  # (*S,)
-        root_T = self._length
+        root_T = self._span
         torch.mul(root_x, math.sqrt(root_T), out=coef[..., 0, 0, 0])
         torch.mul(6.0 * root_x * (1.0 - root_x), math.sqrt(root_T / 12.0), out=coef[..., 0, 1, 0])
         torch.mul(g1, sqrt_h, out=coef[..., 0, 0, 1:])
@@ -362,7 +393,7 @@ class BrownianTree:
             return dW, None
         k = values[1]
         steps = index[1:] - index[:-1]
-        h = steps.abs().to(w.dtype) * (self._length / float(1 << self.depth))
+        h = steps.abs().to(w.dtype) * (self._span / float(1 << self.depth))
         scale = torch.where(steps == 0, 0.0, torch.sign(steps).to(w.dtype) / torch.where(steps == 0, 1.0, h))
         H = (k[1:] - k[:-1]).mul_(scale[..., None]).sub_(w[:-1]).sub_(dw, alpha=0.5)
         H.masked_fill_((steps == 0)[..., None], 0.0)

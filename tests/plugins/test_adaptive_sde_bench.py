@@ -38,12 +38,20 @@ def test_quick_run_writes_table_json_and_plot(bench, tmp_path, capsys):
     targets = data["targets"]
     assert targets["baseline"] == "euler_maruyama 200 steps"             # --quick's finest grid
     assert targets["strong_nfe_limit"] == pytest.approx(40.0)
-    assert set(targets["families"]) == {"shark", "adaptive_sde"}
+    assert set(targets["families"]) == {"shark", "shark, one step for the batch", "adaptive_sde"}
+    # shark with one step size for the batch: its own sweep, a 1-D grid shared by every sample
+    shared = [rows[f"shark, one step for the batch rtol={tol} atol={tol}"] for tol in ("0.1", "0.03")]
+    assert shared[0]["nfe"] < shared[1]["nfe"] and all(row["adaptive"] for row in shared)
+    assert [row["strong_error"] for row in shared] != [row["strong_error"] for row in shark]
+    uniform = rows["shark, uniform grid 25 steps"]
+    assert uniform["nfe"] == 50 and not uniform["adaptive"]       # two drift calls per step
+    fixed = targets["strong_fixed_best"]
+    assert fixed is None or fixed["strong_error"] <= targets["baseline_strong_error"]
     assert isinstance(targets["strong_met"], bool) and isinstance(targets["distribution_met"], bool)
     # the distribution target judged within the Monte Carlo floor: EM-200 against itself differs by 0
     assert rows["euler_maruyama 200 steps"]["log_p_gap_difference_stderr"] == 0.0
     assert all(row["log_p_gap_difference_stderr"] > 0 for row in shark)
-    floor_rows = [row["nfe"] for row in shark if bench.within_floor(row, rows["euler_maruyama 200 steps"])]
+    floor_rows = [row["nfe"] for row in shark + shared if bench.within_floor(row, rows["euler_maruyama 200 steps"])]
     assert targets["distribution_floor_best_nfe"] == (min(floor_rows) if floor_rows else None)
     assert targets["distribution_floor_met"] == (bool(floor_rows) and min(floor_rows) <= 200)
     assert data["controller"]["pcoeff"] == 0.4 and data["controller"]["icoeff"] == 0.3   # PIDController's defaults
