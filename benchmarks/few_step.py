@@ -147,9 +147,11 @@ def mixture_problem(args) -> Problem:
 
 
 def float64_score(score_fn, dtype: torch.dtype) -> Callable:
-    """``score_fn`` (a network in ``dtype``) taking and returning float64, without autograd."""
+    """``score_fn`` (a network in ``dtype``) taking and returning float64; autograd through the
+    network only when ``t`` or ``x`` requires grad (``optimize_time_grid`` differentiating a run
+    with respect to its grid), so a sampling loop keeps no graph."""
     def score(t, x):
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (t.requires_grad or x.requires_grad)):
             return score_fn(t.to(dtype), x.to(dtype)).double()
     return score
 

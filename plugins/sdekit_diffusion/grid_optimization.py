@@ -32,18 +32,25 @@ shift invariance: ``N - 1`` free numbers, one per interior time. :math:`z` is ke
 best is the start :math:`z^{(0)}`; (2) when ``N - 1 > 3``, a smooth correction :math:`z_i =
 z^{(0)}_i + \sum_{k=1}^{3} c_k (P_k(u_i) - P_k(u_0))` (Legendre polynomials of the step's midpoint
 :math:`u_i = (2i + 1)/N - 1`) with at most a third of the budget; (3) every :math:`z_i` free, from
-the best grid met. Both stages run L-BFGS-B (scipy) with forward-difference gradients (step
-``1e-7`` in :math:`z` when the score is float64-accurate, :math:`\sqrt{\epsilon}` of the
-precision it has otherwise; the sampler is not differentiated). That precision is ``x_T``'s dtype,
+the best grid met. Both stages run L-BFGS-B (scipy) on the gradient of :math:`E` in
+:math:`z`: by autograd through the sampler and the score when they carry it (``gradient="auto"``
+checks the autograd derivative against a central difference at the start, 5 runs, and uses it
+when they agree within 5%; a value and gradient count as ``GRADIENT_COST = 3`` runs), by forward
+differences otherwise (a score under ``torch.no_grad``, a numpy model, or ``gradient=
+"differences"``). The difference step is ``1e-7`` in :math:`z` when the score is
+float64-accurate, :math:`\sqrt{\epsilon}` of the precision it has otherwise: ``x_T``'s dtype,
 or a coarser one when every value of the score's first output is exactly representable in it (a
 float32 network behind a float64 wrapper: a float64 step would difference its rounding noise and
-the search would not move; measured on the digits U-Net of ``benchmarks/few_step.py``: NFE 10
-``deis`` held-out error 0.283 with the float64 step, 0.254 with float32's, from 0.288 on the best
-fixed grid). The search is deterministic (no random numbers: the same inputs
-on the same machine and torch thread count give the same grid) and stops after
-``max_evaluations`` sampler runs on ``x_T``: its cost is at most ``max_evaluations * nfe`` score
-calls on the calibration batch, plus one call to check the score's shape and the reference solve
-(about 160 calls for a 2-d mixture, 300 for the 8-d one below, at ``reference_tol = 1e-8``).
+the search would not move; measured on the digits U-Net of ``benchmarks/few_step.py``, 64
+calibration samples, 120 runs: NFE 10 ``deis`` held-out error 0.283 with the float64 step, 0.250
+with the detected float32 step, 0.288 on the best fixed grid). An autograd gradient's cost does
+not grow with the number of steps: at NFE 20 a forward-difference gradient costs 20 runs, an
+autograd one 3. The search is deterministic (no random numbers: the same inputs on the same
+machine and torch thread count give the same grid) and stops after ``max_evaluations`` sampler
+runs on ``x_T``: its cost is at most ``max_evaluations * nfe`` score calls on the calibration
+batch (and the backward passes of at most a third as many), plus one call to check the score's
+shape and the reference solve (about 160 calls for a 2-d mixture, 300 for the 8-d one below, at
+``reference_tol = 1e-8``).
 On a discrete schedule (``DiffusionSDE.from_betas``: :math:`\log\alpha` piecewise linear)
 dopri5 steps through every kink of the table: 13,844 calls for ``N = 1000`` at ``1e-8``, far
 more than the search; there give ``reference`` (e.g. a many-step ``dpm_solver++_3m`` solve).
@@ -79,8 +86,10 @@ SMOOTH_DEGREE = 3              # Legendre degrees 1..3 of the smooth stage
 SMOOTH_SHARE = 3               # the smooth stage gets at most 1/3 of max_evaluations
 DIFFERENCE_STEP = 1e-7         # forward-difference step in z for a float64 state (objective noise
                                # ~1e-14 relative); sqrt(eps) of a lower-precision state's dtype
+GRADIENT_COST = 3              # sampler runs one autograd value-and-gradient counts as (forward + backward)
 FAILED = 1e300                 # the objective of a grid the sampler cannot run (non-finite states)
 # keywords of skd.sample that optimize_time_grid sets itself (or that change what is compared)
+GRADIENTS = ("auto", "autograd", "differences")
 RESERVED = ("shape", "ts", "steps", "time_grid", "final_step", "denoise", "generator", "seed",
             "sample_offset", "dtype", "device", "callback", "progress")
 
@@ -94,7 +103,8 @@ def optimize_time_grid(sde: DiffusionSDE, score_fn: Callable, x_T: torch.Tensor,
                        reference: torch.Tensor | None = None,
                        max_evaluations: int = DEFAULT_EVALUATIONS,
                        reference_tol: float = REFERENCE_TOLERANCE,
-                       difference_step: float | None = None, **options) -> torch.Tensor:
+                       difference_step: float | None = None, gradient: str = "auto",
+                       **options) -> torch.Tensor:
     r"""The time grid of ``nfe`` score calls on which ``solver`` best matches the exact
     probability-flow solution of the calibration batch ``x_T`` (module docstring).
 
@@ -125,8 +135,10 @@ def optimize_time_grid(sde: DiffusionSDE, score_fn: Callable, x_T: torch.Tensor,
         max_evaluations: sampler runs on ``x_T`` at most (the four fixed grids included): the
             cost is at most ``max_evaluations * nfe`` score calls plus the reference solve.
         reference_tol: ``rtol = atol`` of the dopri5 reference.
-        difference_step: the forward-difference step in the logits (default: from the score's
+        difference_step: the difference step in the logits (default: from the score's
             precision, module docstring).
+        gradient: ``"auto"`` (autograd when it is the objective's gradient, differences
+            otherwise), ``"autograd"`` (unchecked) or ``"differences"``.
         options: the sampler's own options (e.g. ``order=3``, ``variant="bh2"``), passed to
             :func:`sdekit_diffusion.sample` at every run.
 
@@ -175,19 +187,23 @@ def optimize_time_grid(sde: DiffusionSDE, score_fn: Callable, x_T: torch.Tensor,
     reference = reference.detach().to(device=x_T.device, dtype=torch.float64)
 
     lam_ends = sde.log_snr(torch.tensor([t_max, t_end], dtype=torch.float64))
-    search = _Search(sde, steps, t_max, t_end, lam_ends, max_evaluations, x_T.dtype, difference_step)
+    if gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be one of {', '.join(map(repr, GRADIENTS))}, got {gradient!r}")
+    search = _Search(sde, steps, t_max, t_end, lam_ends, max_evaluations, x_T.dtype, difference_step,
+                     gradient)
 
-    def error(grid: torch.Tensor) -> float:
+    def error(grid: torch.Tensor) -> torch.Tensor:
         try:
             solution = sample(sde, score_fn, x_T=x_T, solver=solver, ts=grid, **options)
         except sdekit.NonFiniteError:
-            return FAILED
+            return torch.tensor(FAILED, dtype=torch.float64)
         if solution.nfe != nfe:    # the registry's calls_per_step disagrees with the sampler
             raise RuntimeError(f"{solver!r} made {solution.nfe} score calls on a {steps}-step "
                                f"grid, not nfe={nfe}; its registry record's calls_per_step is "
                                "wrong")
-        distance = (solution.x.detach().to(torch.float64) - reference).flatten(1).norm(dim=1)
-        return float(distance.mean())
+        distance = (solution.x.to(torch.float64) - reference).flatten(1).norm(dim=1)
+        mean = distance.mean()
+        return mean if torch.isfinite(mean.detach()) else torch.tensor(FAILED, dtype=torch.float64)
 
     search.objective = error
     return search.run()
@@ -251,54 +267,99 @@ def _score_precision(score_fn: Callable, x_T: torch.Tensor, t_max: float) -> tor
 
 class _Search:
     """The three-stage search of the module docstring over the logits ``z`` of one grid size,
-    remembering the best grid met; ``objective(grid) -> float`` is set by the caller."""
+    remembering the best grid met. ``objective(grid) -> 0-d tensor`` is set by the caller (a
+    function of the grid through autograd when the grid requires grad and the sampler and score
+    carry it)."""
 
     def __init__(self, sde: DiffusionSDE, steps: int, t_max: float, t_end: float,
                  lam_ends: torch.Tensor, max_evaluations: int, dtype: torch.dtype,
-                 difference_step: float):
+                 difference_step: float, gradient: str):
         self.sde, self.steps, self.t_max, self.t_end = sde, steps, t_max, t_end
-        self.dtype, self.difference_step = dtype, difference_step
+        self.dtype, self.difference_step, self.gradient = dtype, difference_step, gradient
         self.lam_start, self.lam_range = lam_ends[0], lam_ends[1] - lam_ends[0]
         self.budget = max_evaluations
         self.evaluations = 0
         self.best_value, self.best_grid = math.inf, None
-        self.objective: Callable[[torch.Tensor], float] | None = None
+        self.objective: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.used_gradient = "differences"   # what the free stages ran on (the caller reports it)
 
     # -- grids and logits ---------------------------------------------------------------------
-    def grid(self, free: np.ndarray) -> torch.Tensor | None:
-        """The grid of the free logits ``z_1..z_{N-1}`` (``z_0 = 0``); ``None`` when two times
-        round to the same value in float64 or in the state's dtype (the sampler would refuse it)."""
-        z = torch.as_tensor(np.clip(np.concatenate([[0.0], free]), -LOGIT_BOUND, LOGIT_BOUND),
-                            dtype=torch.float64)
+    def grid(self, free) -> torch.Tensor | None:
+        """The grid of the free logits ``z_1..z_{N-1}`` (``z_0 = 0``; a numpy array, or a float64
+        tensor whose graph the grid keeps); ``None`` when two times round to the same value in
+        float64 or in the state's dtype (the sampler would refuse it)."""
+        free = torch.as_tensor(free, dtype=torch.float64)
+        z = torch.cat([free.new_zeros(1), free]).clamp(-LOGIT_BOUND, LOGIT_BOUND)
         increments = self.lam_range * torch.softmax(z, 0)
         lam = self.lam_start + torch.cat([increments.new_zeros(1), increments.cumsum(0)])
         lam = lam.clamp(self.lam_start, self.lam_start + self.lam_range)
-        grid = self.sde.schedule.t_of_log_snr(lam).clamp(self.t_end, self.t_max)
-        grid[0], grid[-1] = self.t_max, self.t_end
-        cast = grid.to(self.dtype)
-        if not bool((grid[1:] < grid[:-1]).all() and (cast[1:] < cast[:-1]).all()):
+        inner = self.sde.schedule.t_of_log_snr(lam[1:-1]).clamp(self.t_end, self.t_max)
+        grid = torch.cat([inner.new_tensor([self.t_max]), inner, inner.new_tensor([self.t_end])])
+        values = grid.detach()
+        cast = values.to(self.dtype)
+        if not bool((values[1:] < values[:-1]).all() and (cast[1:] < cast[:-1]).all()):
             return None
         return grid
 
     def logits(self, grid: torch.Tensor) -> np.ndarray:
         """The free logits of ``grid`` (``z_i = log h_i - log h_0``, ``h``: log-SNR increments)."""
-        lam = self.sde.schedule.log_snr(grid.to(torch.float64))
+        lam = self.sde.schedule.log_snr(grid.detach().to(torch.float64))
         h = (lam[1:] - lam[:-1]).clamp(min=torch.finfo(torch.float64).tiny)
         z = torch.log(h) - torch.log(h[0])
         return np.clip(z[1:].numpy(), -LOGIT_BOUND, LOGIT_BOUND)
 
-    def value(self, free: np.ndarray) -> float:
-        if self.evaluations >= self.budget:
+    def _spend(self, runs: int) -> None:
+        if self.evaluations + runs > self.budget:
             raise _BudgetSpent
+        self.evaluations += runs
+
+    def _remember(self, value: float, grid: torch.Tensor) -> None:
+        if value < self.best_value:
+            self.best_value, self.best_grid = value, grid.detach().clone()
+
+    def value(self, free: np.ndarray) -> float:
+        """The objective at the free logits (one sampler run, no graph)."""
         grid = self.grid(np.asarray(free, dtype=np.float64))
-        return FAILED if grid is None else self.evaluate(grid)
+        if grid is None:
+            return FAILED
+        return self.evaluate(grid)
 
     def evaluate(self, grid: torch.Tensor) -> float:
-        self.evaluations += 1
-        value = self.objective(grid)
-        if value < self.best_value:
-            self.best_value, self.best_grid = value, grid
+        self._spend(1)
+        with torch.no_grad():
+            value = float(self.objective(grid))
+        self._remember(value, grid)
         return value
+
+    def value_and_gradient(self, free: np.ndarray) -> tuple[float, np.ndarray | None]:
+        """The objective and its autograd gradient at the free logits (``GRADIENT_COST`` runs
+        against the budget); the gradient is ``None`` when the objective carries no graph."""
+        z = torch.tensor(np.asarray(free, dtype=np.float64), requires_grad=True)
+        grid = self.grid(z)
+        if grid is None:
+            return FAILED, np.zeros_like(free)
+        self._spend(GRADIENT_COST)
+        with torch.enable_grad():
+            error = self.objective(grid)
+        value = float(error.detach())
+        self._remember(value, grid)
+        if not error.requires_grad or not math.isfinite(value) or value >= FAILED:
+            return value, None
+        (gradient,) = torch.autograd.grad(error, z)
+        return value, gradient.numpy()
+
+    def autograd_agrees(self, free: np.ndarray) -> bool:
+        """Whether the autograd gradient at ``free`` is the objective's: its derivative along its
+        own direction within 5% of a central difference there (a score under ``no_grad``, a
+        numpy model or a ``.item()`` on the time would give a partial or no gradient)."""
+        _, gradient = self.value_and_gradient(free)
+        norm = 0.0 if gradient is None else float(np.linalg.norm(gradient))
+        if not norm > 0 or not math.isfinite(norm):
+            return False
+        step = self.difference_step / norm * max(1.0, float(np.linalg.norm(free)))
+        ahead, behind = self.value(free + step * gradient), self.value(free - step * gradient)
+        difference = (ahead - behind) / (2 * step * norm)  # ~ |gradient| when it is the objective's
+        return abs(difference - norm) <= 0.05 * norm
 
     # -- the stages ----------------------------------------------------------------------------
     def run(self) -> torch.Tensor:
@@ -307,8 +368,11 @@ class _Search:
             self.evaluate(time_grid(self.sde, steps, kind, self.t_end, self.t_max))
         if steps == 1:
             return self.best_grid
-        step = self.difference_step
         try:
+            use_autograd = self.gradient == "autograd" or (
+                self.gradient == "auto" and self.autograd_agrees(self.logits(self.best_grid)))
+            self.used_gradient = "autograd" if use_autograd else "differences"
+            cost = GRADIENT_COST if use_autograd else 1     # runs per call of the minimised function
             degree = min(SMOOTH_DEGREE, steps - 1)
             if steps - 1 > degree:
                 start = self.logits(self.best_grid)
@@ -316,22 +380,35 @@ class _Search:
                 basis = np.stack([np.polynomial.legendre.Legendre.basis(k)(u) for k in
                                   range(1, degree + 1)], 1)
                 basis = basis[1:] - basis[:1]         # z_i - z_0: the free logits' change
-                self._minimize(lambda c: self.value(start + basis @ c), np.zeros(degree),
-                               2 * LOGIT_BOUND, max(1, self.budget // SMOOTH_SHARE), step)
-            self._minimize(self.value, self.logits(self.best_grid), LOGIT_BOUND, self.budget, step)
+                if use_autograd:
+                    def smooth(c):
+                        value, gradient = self.value_and_gradient(start + basis @ c)
+                        return value, (np.zeros_like(c) if gradient is None else basis.T @ gradient)
+                else:
+                    def smooth(c):
+                        return self.value(start + basis @ c)
+                self._minimize(smooth, np.zeros(degree), 2 * LOGIT_BOUND,
+                               max(1, self.budget // SMOOTH_SHARE // cost), use_autograd)
+            free = self.value_and_gradient_or_zero if use_autograd else self.value
+            self._minimize(free, self.logits(self.best_grid), LOGIT_BOUND,
+                           max(1, (self.budget - self.evaluations) // cost), use_autograd)
         except _BudgetSpent:
             pass
         return self.best_grid
 
-    @staticmethod
-    def _minimize(function: Callable[[np.ndarray], float], x0: np.ndarray, bound: float,
-                  max_calls: int, step: float) -> None:
-        """L-BFGS-B (scipy) from ``x0`` in the box ``[-bound, bound]``, forward-difference
-        gradients; the best point is remembered by :meth:`value`."""
+    def value_and_gradient_or_zero(self, free: np.ndarray) -> tuple[float, np.ndarray]:
+        value, gradient = self.value_and_gradient(free)
+        return value, (np.zeros_like(free) if gradient is None else gradient)
+
+    def _minimize(self, function: Callable, x0: np.ndarray, bound: float, max_calls: int,
+                  with_gradient: bool) -> None:
+        """L-BFGS-B (scipy) from ``x0`` in the box ``[-bound, bound]``, on ``function``'s own
+        gradient or forward differences; the best point is remembered by the evaluations."""
         from scipy.optimize import minimize
 
-        minimize(function, x0, method="L-BFGS-B", bounds=[(-bound, bound)] * len(x0),
-                 options={"eps": step, "maxfun": max_calls, "maxiter": max_calls,
+        minimize(function, x0, method="L-BFGS-B", jac=True if with_gradient else None,
+                 bounds=[(-bound, bound)] * len(x0),
+                 options={"eps": self.difference_step, "maxfun": max_calls, "maxiter": max_calls,
                           "ftol": 1e-12, "gtol": 1e-10})
 
 

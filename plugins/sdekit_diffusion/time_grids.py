@@ -200,6 +200,10 @@ def check_time_grid(sde, ts, min_steps: int = 1, name: str = "the sampler") -> t
         raise ValueError(f"ts must be strictly decreasing (samplers run from t_max down to t_min); "
                          f"ts[{i}] = {grid[i].item():.6g} is followed by ts[{i + 1}] = "
                          f"{grid[i + 1].item():.6g}. Pass the times high to low (e.g. ts.flip(0))")
+    if isinstance(ts, torch.Tensor) and ts.requires_grad:
+        # the checked values, still a function of ts: optimize_time_grid differentiates a sampler's
+        # output with respect to its grid
+        return ts.to(device="cpu", dtype=torch.float64).clamp(sde.t_min, sde.t_max)
     return grid
 
 

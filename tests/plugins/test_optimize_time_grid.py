@@ -81,6 +81,58 @@ def test_float32_score_behind_a_float64_state_gets_float32_difference_steps(prob
             skd.optimize_time_grid(sde, score32, x_cal[:8], 10, "unipc", difference_step=bad)
 
 
+@pytest.mark.parametrize("solver", ["unipc", "ipndm", "deis", "dpm_solver++_3m", "ddim", "edm_heun",
+                                    "dpm_solver_2", "euler"])
+def test_sampler_output_is_differentiable_in_its_grid(problem, solver):
+    """skd.sample(ts=grid) keeps the grid's autograd graph (coefficients and the score's times):
+    the gradient of a weighted sum of the output equals central differences in each time."""
+    sde, score, x_cal, _, _ = problem
+    x, weights = x_cal[:16], torch.linspace(-1.0, 1.0, 32, dtype=torch.float64).reshape(16, 2)
+    base = skd.time_grid(sde, 8, "quadratic")
+    grid = base.clone().requires_grad_(True)
+    (skd.sample(sde, score, x_T=x, solver=solver, ts=grid).x * weights).sum().backward()
+    for i in (1, 4, 7):
+        ahead, behind = base.clone(), base.clone()
+        ahead[i] += 1e-6
+        behind[i] -= 1e-6
+        difference = sum(sign * float((skd.sample(sde, score, x_T=x, solver=solver, ts=ts).x * weights).sum())
+                         for sign, ts in ((1, ahead), (-1, behind))) / 2e-6
+        assert grid.grad[i].item() == pytest.approx(difference, rel=1e-5, abs=1e-7), (solver, i)
+
+
+def test_autograd_gradients_are_used_when_they_are_the_objectives(problem, monkeypatch):
+    """gradient="auto" checks autograd against a central difference and runs on it for the exact
+    (differentiable) score; for the same score under torch.no_grad (the sampler's coefficients
+    still carry a graph, the score does not) the check fails and it falls back to differences."""
+    from sdekit_diffusion import grid_optimization
+
+    searches = []
+    run = grid_optimization._Search.run
+
+    def spy(self):
+        searches.append(self)
+        return run(self)
+
+    monkeypatch.setattr(grid_optimization._Search, "run", spy)
+    sde, score, x_cal, _, _ = problem
+    x = x_cal[:64]
+    auto = skd.optimize_time_grid(sde, score, x, 10, "unipc", max_evaluations=40)
+    assert searches[-1].used_gradient == "autograd"
+    differences = skd.optimize_time_grid(sde, score, x, 10, "unipc", gradient="differences", max_evaluations=40)
+    assert searches[-1].used_gradient == "differences" and not torch.equal(auto, differences)
+
+    def frozen(t, y):
+        with torch.no_grad():
+            return score(t, y)
+
+    exact = sdekit.solve(sde.probability_flow(score), x, sde.t_max, sde.t_min, solver="dopri5",
+                         rtol=1e-8, atol=1e-8).x
+    skd.optimize_time_grid(sde, frozen, x, 10, "unipc", reference=exact, max_evaluations=40)
+    assert searches[-1].used_gradient == "differences"
+    with pytest.raises(ValueError, match="gradient must be one of 'auto', 'autograd', 'differences'"):
+        skd.optimize_time_grid(sde, score, x[:8], 10, "unipc", gradient="adjoint")
+
+
 # -- the grid ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("solver, nfe, options", [

@@ -41,7 +41,7 @@ def coefficient_grid(ts: torch.Tensor) -> torch.Tensor:
     """The grid as float64 on the CPU, where the samplers compute their coefficients once before
     the loop (linear solves and divided powers of ``h`` lose digits in float32), then move them
     to the state's dtype and device."""
-    return ts.detach().to(device="cpu", dtype=torch.float64)
+    return ts.to(device="cpu", dtype=torch.float64)   # keeps a grid's autograd graph (optimize_time_grid)
 
 
 def lagrange_basis(nodes: torch.Tensor, tau: torch.Tensor, k: int) -> torch.Tensor:

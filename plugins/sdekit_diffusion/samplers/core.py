@@ -58,7 +58,7 @@ def run_core(ctx: Context, x: torch.Tensor, ts: torch.Tensor, *, name: str,
     info = next(row for row in info if row["name"] == name)
     is_sde = info["kind"] == "sde"
     problem = ctx.sde.reverse(ctx.score) if is_sde else ctx.sde.probability_flow(ctx.score)
-    t0, t1 = float(ts[0]), float(ts[-1])
+    t0, t1 = float(ts[0].detach()), float(ts[-1].detach())
     if backend != "sdekit":
         if backend != "torchdiffeq" or name != "dopri5":
             raise ValueError(f"backend={backend!r} is not available for {name!r}; use "
