@@ -73,7 +73,7 @@ DEFAULT_CHECKPOINT = BENCHMARKS / "assets" / "digits_unet16.pt"
 FD_BUDGETS = (5, 10, 20)      # NFE at which the digits' Fréchet distance is measured (issue 10)
 TARGETS = {"mixture": ((10, 20), 1 / 3), "digits": ((5, 10, 20), 1 / 2)}   # issue 10's ratios
 OPTIMIZED_SAMPLERS = "dpm_solver++_3m,unipc,ipndm,deis"     # mixture; digits: DIGITS_OPTIMIZED at 5, 10, 20
-DIGITS_OPTIMIZED = "dpm_solver++_3m,unipc,deis"
+DIGITS_OPTIMIZED = "unipc,deis"
 QUICK = dict(budgets="5,10", batch=64, calibration=16, digits_batch=8, digits_calibration=4,
              methods="dpm_solver++_3m,unipc,ipndm,rk4", grids="logsnr,quadratic",
              optimize="dpm_solver++_3m", digits_optimize="dpm_solver++_3m", digits_optimize_budgets="5,10",
@@ -523,7 +523,7 @@ def parse_args(argv):
     parser.add_argument("--digits-optimize-budgets", default="5,10,20", help="digits: the same")
     parser.add_argument("--evaluations", type=int, default=200, help="mixture: optimize_time_grid's "
                         "max_evaluations (sampler runs on the calibration batch)")
-    parser.add_argument("--digits-evaluations", type=int, default=120, help="digits: the same")
+    parser.add_argument("--digits-evaluations", type=int, default=300, help="digits: the same")
     parser.add_argument("--peers", default=None, help="comma-separated peer method names (default: all installed)")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--twin-nfe", type=int, default=10, help="steps of the twin checks (0: none)")
@@ -536,7 +536,7 @@ def parse_args(argv):
                         "on themselves, 256 less of it)")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--digits-batch", type=int, default=32, help="digits: scored samples")
-    parser.add_argument("--digits-calibration", type=int, default=16, help="digits: calibration samples")
+    parser.add_argument("--digits-calibration", type=int, default=256, help="digits: calibration samples")
     parser.add_argument("--reference-steps", type=int, default=1000)
     parser.add_argument("--dopri5-tol", type=float, default=1e-6)
     parser.add_argument("--fd-samples", type=int, default=500)

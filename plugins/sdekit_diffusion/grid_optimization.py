@@ -32,8 +32,9 @@ shift invariance: ``N - 1`` free numbers, one per interior time. :math:`z` is ke
 best is the start :math:`z^{(0)}`; (2) when ``N - 1 > 3``, a smooth correction :math:`z_i =
 z^{(0)}_i + \sum_{k=1}^{3} c_k (P_k(u_i) - P_k(u_0))` (Legendre polynomials of the step's midpoint
 :math:`u_i = (2i + 1)/N - 1`) with at most a third of the budget; (3) every :math:`z_i` free, from
-the best grid met. Both stages run L-BFGS-B (scipy) on the gradient of :math:`E` in
-:math:`z`: by autograd through the sampler and the score when they carry it (``gradient="auto"``
+the best grid met; (4) when (3) converges with budget left, (3) again from each other fixed grid,
+in the order of their errors, until the budget is spent. Stages 2–4 run L-BFGS-B (scipy) on the
+gradient of :math:`E` in :math:`z`: by autograd through the sampler and the score when they carry it (``gradient="auto"``
 checks the autograd derivative against a central difference at the start, 5 runs, and uses it
 when they agree within 5%; a value and gradient count as ``GRADIENT_COST = 3`` runs), by forward
 differences otherwise (a score under ``torch.no_grad``, a numpy model, or ``gradient=
@@ -84,12 +85,12 @@ REFERENCE_TOLERANCE = 1e-8     # dopri5 rtol = atol of the reference solve
 LOGIT_BOUND = 12.0             # |z_i| <= Z: increments within e^24 of each other
 SMOOTH_DEGREE = 3              # Legendre degrees 1..3 of the smooth stage
 SMOOTH_SHARE = 3               # the smooth stage gets at most 1/3 of max_evaluations
-DIFFERENCE_STEP = 1e-7         # forward-difference step in z for a float64 state (objective noise
-                               # ~1e-14 relative); sqrt(eps) of a lower-precision state's dtype
+DIFFERENCE_STEP = 1e-7         # difference step in z for a float64-accurate score (objective noise
+                               # ~1e-14 relative); sqrt(eps) of the score's precision otherwise
 GRADIENT_COST = 3              # sampler runs one autograd value-and-gradient counts as (forward + backward)
 FAILED = 1e300                 # the objective of a grid the sampler cannot run (non-finite states)
+GRADIENTS = ("auto", "autograd", "differences")   # optimize_time_grid's gradient= choices
 # keywords of skd.sample that optimize_time_grid sets itself (or that change what is compared)
-GRADIENTS = ("auto", "autograd", "differences")
 RESERVED = ("shape", "ts", "steps", "time_grid", "final_step", "denoise", "generator", "seed",
             "sample_offset", "dtype", "device", "callback", "progress")
 
@@ -149,7 +150,8 @@ def optimize_time_grid(sde: DiffusionSDE, score_fn: Callable, x_T: torch.Tensor,
 
     Raises:
         ValueError: an unknown, adaptive or stochastic ``solver``; an ``nfe`` it cannot spend
-            exactly; a bad ``max_evaluations``, ``t_min`` or ``reference_tol``.
+            exactly; a bad ``max_evaluations``, ``t_min``, ``reference_tol``, ``difference_step``
+            or ``gradient``.
         TypeError / sdekit.ShapeError / sdekit.NonFiniteError: ``x_T`` or ``reference`` not a
             finite floating-point tensor of shape ``(batch, *dims)``; options the sampler does not
             take.
@@ -168,6 +170,8 @@ def optimize_time_grid(sde: DiffusionSDE, score_fn: Callable, x_T: torch.Tensor,
     steps = _steps(record, nfe, options)
     max_evaluations = positive_int(max_evaluations, "max_evaluations", minimum=len(GRIDS))
     reference_tol = finite_number(reference_tol, "reference_tol", minimum=0.0, strict=True)
+    if gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be one of {', '.join(map(repr, GRADIENTS))}, got {gradient!r}")
     _check_state(x_T, "x_T")
     t_max, t_end = sde.t_max, _final_time(sde, t_min)
     precision = _score_precision(score_fn, x_T, t_max)
@@ -187,8 +191,6 @@ def optimize_time_grid(sde: DiffusionSDE, score_fn: Callable, x_T: torch.Tensor,
     reference = reference.detach().to(device=x_T.device, dtype=torch.float64)
 
     lam_ends = sde.log_snr(torch.tensor([t_max, t_end], dtype=torch.float64))
-    if gradient not in GRADIENTS:
-        raise ValueError(f"gradient must be one of {', '.join(map(repr, GRADIENTS))}, got {gradient!r}")
     search = _Search(sde, steps, t_max, t_end, lam_ends, max_evaluations, x_T.dtype, difference_step,
                      gradient)
 
@@ -266,7 +268,7 @@ def _score_precision(score_fn: Callable, x_T: torch.Tensor, t_max: float) -> tor
 
 
 class _Search:
-    """The three-stage search of the module docstring over the logits ``z`` of one grid size,
+    """The staged search of the module docstring over the logits ``z`` of one grid size,
     remembering the best grid met. ``objective(grid) -> 0-d tensor`` is set by the caller (a
     function of the grid through autograd when the grid requires grad and the sampler and score
     carry it)."""
@@ -364,8 +366,10 @@ class _Search:
     # -- the stages ----------------------------------------------------------------------------
     def run(self) -> torch.Tensor:
         steps = self.steps
+        fixed = []
         for kind in GRIDS:       # the fixed grids themselves, not their round trip through z
-            self.evaluate(time_grid(self.sde, steps, kind, self.t_end, self.t_max))
+            grid = time_grid(self.sde, steps, kind, self.t_end, self.t_max)
+            fixed.append((self.evaluate(grid), len(fixed), grid))
         if steps == 1:
             return self.best_grid
         try:
@@ -392,6 +396,12 @@ class _Search:
             free = self.value_and_gradient_or_zero if use_autograd else self.value
             self._minimize(free, self.logits(self.best_grid), LOGIT_BOUND,
                            max(1, (self.budget - self.evaluations) // cost), use_autograd)
+            # converged with budget left: the free stage again from the other fixed grids, best first
+            for _, _, grid in sorted(fixed, key=lambda entry: entry[:2])[1:]:
+                if (self.budget - self.evaluations) // cost < 2:
+                    break
+                self._minimize(free, self.logits(grid), LOGIT_BOUND,
+                               (self.budget - self.evaluations) // cost, use_autograd)
         except _BudgetSpent:
             pass
         return self.best_grid

@@ -131,6 +131,9 @@ def test_autograd_gradients_are_used_when_they_are_the_objectives(problem, monke
     assert searches[-1].used_gradient == "differences"
     with pytest.raises(ValueError, match="gradient must be one of 'auto', 'autograd', 'differences'"):
         skd.optimize_time_grid(sde, score, x[:8], 10, "unipc", gradient="adjoint")
+    # a search that converges early restarts from the other fixed grids until the budget is spent
+    skd.optimize_time_grid(sde, score, x, 5, "ipndm", max_evaluations=300)
+    assert searches[-1].evaluations > 300 - grid_optimization.GRADIENT_COST
 
 
 # -- the grid ---------------------------------------------------------------------------------
