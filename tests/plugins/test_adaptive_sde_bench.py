@@ -108,3 +108,11 @@ def test_sample_passes_a_controller_to_the_adaptive_core_solvers():
     assert default.nfe != sampled.nfe
     with pytest.raises(ValueError, match="not both"):
         skd.sample(sde, score, x_T=x_T, solver="shark", controller=controller, rtol=1e-3, brownian=tree)
+    # per_sample_steps=False: one step size for the batch, as sdekit.solve's option
+    shared = skd.sample(sde, score, x_T=x_T, solver="shark", controller=controller, brownian=tree,
+                        per_sample_steps=False)
+    solved = sdekit.solve(sde.reverse(score), x_T, sde.t_max, sde.t_min, solver="shark", controller=controller,
+                          brownian=tree, per_sample_steps=False)
+    assert torch.equal(shared.x, solved.x) and shared.nfe == solved.nfe and not torch.equal(shared.x, sampled.x)
+    with pytest.raises(TypeError, match="unknown option 'per_sample_steps'"):
+        skd.sample(sde, score, x_T=x_T, solver="dopri5", per_sample_steps=False)

@@ -14,7 +14,9 @@ probability-flow ODE, Song et al. 2021 §4.3), or runs ``torchdiffeq.odeint(meth
 ``backend="torchdiffeq"``; adaptive SDE solvers (``adaptive_em``) take ``rtol``/``atol`` (default
 ``1e-2``/``1e-2``) on a ``sdekit.BrownianTree`` (replayable, so rejected steps stay on one path).
 Any adaptive core solver also takes ``controller=`` (a :class:`sdekit.PIDController`, passed to
-``sdekit.solve`` in place of the tolerances: give one or the other).
+``sdekit.solve`` in place of the tolerances: give one or the other); an adaptive SDE solver steps
+each sample with its own step size (the reverse SDE has ``batched_time``) unless
+``per_sample_steps=False`` (one step size for the batch, ``sdekit.solve``'s option).
 The core's :class:`sdekit.Solution` is returned as it is: its ``n_steps``, ``n_rejected`` and
 accepted ``grid``. ``sample(..., brownian=tree)`` replaces both noise sources by the given
 :class:`sdekit.BrownianTree` (``sdekit.solve``'s ``brownian=``), fixed-step and adaptive alike;
@@ -47,6 +49,7 @@ def core_options(info: dict) -> tuple[str, ...]:
                     (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
     if info["adaptive"]:
         options += ADAPTIVE_OPTIONS + (("backend",) if info["name"] == "dopri5" else ())
+        options += ("per_sample_steps",) if info["kind"] == "sde" else ()
     return options
 
 
