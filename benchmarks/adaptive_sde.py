@@ -52,7 +52,7 @@ EM-1000 reaches it.
     OMP_NUM_THREADS=1 python benchmarks/adaptive_sde.py [--n 3000] [--batch 1000] [--json out.json]
         [--plot out.png] [--quick]
 
-The default ``--n 3000`` (three batches) ran in 422 s on one core of a shared 2-core machine
+The default ``--n 3000`` (three batches) ran in 617 s on one core of a shared 2-core machine
 (``docs/results/adaptive_sde.txt``); the Monte Carlo standard errors printed beside every figure
 are those of that sample count (10 000 samples would shrink them 1.8x at 3.3x the time).
 """
@@ -374,11 +374,11 @@ def report(result: dict, elapsed: float) -> None:
     print(f"  floor: EM's |E log p gap| {abs(t['baseline_log_p_gap']):.4f} is {resolved} its own standard error "
           f"{t['baseline_log_p_gap_stderr']:.4f}. Strictly, a row reaches it when its |gap| <= {abs(t['baseline_log_p_gap']):.4f}; "
           "within the floor, when its |gap| <= that + one standard error of (its gap - EM's), paired per path.")
-    print(f"  {'':14s} {'NFE to reach EM strong error':>28s} {'|gap| strictly':>16s} {'|gap| within floor':>20s}")
+    print(f"  {'':30s} {'NFE to reach EM strong error':>28s} {'|gap| strictly':>16s} {'|gap| within floor':>20s}")
     for family, reach in t["families"].items():
         cells = [("beyond the sweep" if v is None else f"{v:.0f}")
                  for v in (reach["strong_nfe"], reach["distribution_nfe"], reach["distribution_floor_nfe"])]
-        print(f"  {family:14s} {cells[0]:>28s} {cells[1]:>16s} {cells[2]:>20s}")
+        print(f"  {family:30s} {cells[0]:>28s} {cells[1]:>16s} {cells[2]:>20s}")
     print("  (strong and strict: log-log interpolation along the sweep; within the floor: its cheapest row that does)")
     for key, name, limit in (("strong", "strong error", t["strong_nfe_limit"]),
                              ("distribution", "|E log p gap|, strictly", t["distribution_nfe_limit"]),
