@@ -201,19 +201,25 @@ def test_tree_is_independent_of_query_order_and_resolution():
     assert torch.allclose(fine_1[0][:37].sum(0), coarse_1[0][0], rtol=0, atol=1e-12)
 
 
-def test_whole_grid_queries_generate_each_node_once(monkeypatch):
-    """A dyadic grid of 2**k steps in one call needs the 2**k - 1 nodes above its points and the
-    root: one node per step. A non-dyadic grid needs its points' own nodes down to the depth."""
+@pytest.fixture
+def generated(monkeypatch):
+    """The number of tree nodes of each normal-generation call (a spy on ``_range_normals``)."""
     from sdekit.brownian import tree as tree_module
 
-    generated = []
+    counts = []
     original = tree_module._range_normals
 
     def counting(seed, keys, start, count, dtype):
-        generated.append(keys.numel())
+        counts.append(keys.numel())
         return original(seed, keys, start, count, dtype)
 
     monkeypatch.setattr(tree_module, "_range_normals", counting)
+    return counts
+
+
+def test_whole_grid_queries_generate_each_node_once(generated):
+    """A dyadic grid of 2**k steps in one call needs the 2**k - 1 nodes above its points and the
+    root: one node per step. A non-dyadic grid needs its points' own nodes down to the depth."""
     bm = BrownianTree(0.0, 1.0, (4, 3), seed=5)
     dyadic = bm.increments(grid(0.0, 1.0, 256), levy_area=True)
     assert generated == [256]
@@ -228,19 +234,9 @@ def test_whole_grid_queries_generate_each_node_once(monkeypatch):
     assert torch.allclose(mixed[0][255:].sum(0), dyadic[0][255], rtol=0, atol=1e-14)
 
 
-def test_aligned_tree_makes_a_uniform_grid_dyadic(monkeypatch):
+def test_aligned_tree_makes_a_uniform_grid_dyadic(generated):
     """align=m lays the dyadic grid over a stretched span: the uniform grids of m, m/2, 2m steps
     need log2(2**ceil(log2 m)) levels (about one node per step), and the path keeps its law."""
-    from sdekit.brownian import tree as tree_module
-
-    generated = []
-    original = tree_module._range_normals
-
-    def counting(seed, keys, start, count, dtype):
-        generated.append(keys.numel())
-        return original(seed, keys, start, count, dtype)
-
-    monkeypatch.setattr(tree_module, "_range_normals", counting)
     bm = BrownianTree(0.5, 2.5, (4000, 2), seed=6, align=1000)
     ts = grid(0.5, 2.5, 1000)
     assert bm._width(bm._snap(ts)) == 10 and bm._width(bm._snap(grid(0.5, 2.5, 125))) == 7
