@@ -17,7 +17,11 @@ Every method starts from the same prior draws ``x_T`` at ``t_max = 1`` and stops
 1e-3``; its error is the mean over samples of the L2 distance between its ``x(t_min)`` and the
 reference's. NFE counts the calls of the score (every peer calls it through a counted wrapper).
 For a budget ``B`` each method takes the largest number of steps whose NFE is ``<= B`` (RK4 at
-``B = 5`` takes one step: 4 NFE); the NFE used is shown when it is below ``B``.
+``B = 5`` takes one step: 4 NFE); the NFE used is shown when it is below ``B``. A method is a
+sampler with options (``--methods``, ``--optimize``: ``name:option:option=value``, rows
+``name[option, option=value]``); the defaults add the multistep samplers with ``afs=True`` (the
+analytical first step: the model's output at ``t_max`` taken from standard normal data, one score
+call fewer, so a budget ``B`` buys ``B + 1`` steps).
 
 The optimized grid (``skd.optimize_time_grid(sde, score_fn, x_calibration, B, solver=name)``) is
 calibrated on a *different* batch of prior draws (``--calibration`` samples, another seed) than the
@@ -72,11 +76,13 @@ MIXTURE_TOLERANCE = 1e-10     # dopri5 rtol = atol of the mixture's reference (a
 DEFAULT_CHECKPOINT = BENCHMARKS / "assets" / "digits_unet16.pt"
 FD_BUDGETS = (5, 10, 20)      # NFE at which the digits' Fréchet distance is measured (issue 10)
 TARGETS = {"mixture": ((10, 20), 1 / 3), "digits": ((5, 10, 20), 1 / 2)}   # issue 10's ratios
-OPTIMIZED_SAMPLERS = "dpm_solver++_3m,unipc,ipndm,deis"     # mixture; digits: DIGITS_OPTIMIZED at 5, 10, 20
-DIGITS_OPTIMIZED = "unipc,deis"
+# sampler specs: a name of skd.sample, then ":option" (True) or ":option=value" each (see parse_method)
+AFS_VARIANTS = "ipndm:afs,unipc:afs,deis:afs,dpm_solver++_3m:afs"   # fixed grids, beside every plain sampler
+OPTIMIZED_SAMPLERS = "dpm_solver++_3m,unipc,ipndm,deis,ipndm:afs,ipndm:order=3:afs,unipc:afs"   # mixture
+DIGITS_OPTIMIZED = "unipc,unipc:order=2,deis"                    # digits, at NFE 5, 10, 20
 QUICK = dict(budgets="5,10", batch=64, calibration=16, digits_batch=8, digits_calibration=4,
-             methods="dpm_solver++_3m,unipc,ipndm,rk4", grids="logsnr,quadratic",
-             optimize="dpm_solver++_3m", digits_optimize="dpm_solver++_3m", digits_optimize_budgets="5,10",
+             methods="dpm_solver++_3m,unipc,ipndm,rk4,ipndm:afs", grids="logsnr,quadratic",
+             optimize="dpm_solver++_3m,unipc:afs", digits_optimize="dpm_solver++_3m", digits_optimize_budgets="5,10",
              evaluations=20, digits_evaluations=6, peers="diffusers DPMSolverMultistep 3M (trailing),"
              "diffusers UniPCMultistep bh2 order 2 (trailing),diffusers IPNDM (quadratic)",
              reference_steps=200, dopri5_tol=1e-4, fd_samples=80, fd_floor_steps=20)
@@ -199,6 +205,21 @@ def deterministic_samplers() -> list[str]:
             if not record.stochastic({}) and not record.adaptive]
 
 
+def parse_method(spec: str) -> tuple[str, dict, str]:
+    """``"ipndm:order=3:afs"`` -> ``("ipndm", {"order": 3, "afs": True}, "ipndm[order=3, afs]")``: a
+    sampler of ``skd.sample``, its options (``:name`` is True, ``:name=value`` an int when it reads
+    as one, else the text) and the row label (the plain name without options)."""
+    name, *parts = spec.split(":")
+    options = {}
+    for part in parts:
+        key, has_value, value = part.partition("=")
+        if not key:
+            raise SystemExit(f"method spec {spec!r}: an empty option; write NAME:OPTION or NAME:OPTION=VALUE")
+        options[key] = (int(value) if value.lstrip("-").isdigit() else value) if has_value else True
+    label = name + (f"[{', '.join(p for p in parts)}]" if parts else "")
+    return name, options, label
+
+
 def fit_budget(run, budget: int, calls_per_step: int = 1, min_steps: int = 1):
     """``run(steps) -> (x, nfe)`` at the largest ``steps`` whose NFE is ``<= budget``: first
     ``budget // calls_per_step`` steps, then one more while ``calls_per_step`` more calls would fit
@@ -242,14 +263,16 @@ def record(row: dict, budget: int, fitted, reference) -> None:
 
 def sdekit_rows(problem: Problem, methods, grids, budgets) -> list[dict]:
     rows = []
-    for name in methods:
+    for spec in methods:
+        name, options, label = parse_method(spec)
         entry = samplers.get(name)
         for grid in grids:
-            row = new_row(f"sdekit {name} ({grid})", "sdekit", sampler=name, grid=grid)
+            row = new_row(f"sdekit {label} ({grid})", "sdekit", sampler=name, options=options, variant=label,
+                          grid=grid)
             for budget in budgets:
                 record(row, budget, fit_budget(lambda steps: run_sdekit(problem, problem.x_T, name, steps=steps,
-                                                                         grid=grid),
-                                               budget, entry.calls_per_step({}), entry.min_steps),
+                                                                         grid=grid, **options),
+                                               budget, entry.calls_per_step(options), entry.min_steps),
                        problem.reference)
             rows.append(row)
     return rows
@@ -263,24 +286,26 @@ def optimized_rows(problem: Problem, methods, budgets, evaluations: int, notes) 
         notes.append("skd.optimize_time_grid does not exist in this sdekit_diffusion: no optimized grids")
         return []
     rows = []
-    for name in methods:
-        row = new_row(f"sdekit {name} (optimized)", "sdekit", sampler=name, grid="optimized", ts={},
-                      calibration={})
+    for spec in methods:
+        name, options, label = parse_method(spec)
+        row = new_row(f"sdekit {label} (optimized)", "sdekit", sampler=name, options=options, variant=label,
+                      grid="optimized", ts={}, calibration={})
         for budget in budgets:
             entry = samplers.get(name)
-            nfe = budget - budget % entry.calls_per_step({})    # the calls the grid can spend exactly
+            calls, saved = entry.calls_per_step(options), entry.saved_calls(options)
+            nfe = budget - (budget + saved) % calls    # the calls a grid can spend exactly
             counted = Counted(problem.score_fn)
             start = time.perf_counter()
             try:
                 ts = skd.optimize_time_grid(problem.sde, counted, problem.x_calibration, nfe, solver=name,
                                             reference=problem.calibration_reference,
-                                            max_evaluations=evaluations)
+                                            max_evaluations=evaluations, **options)
             except (ValueError, TypeError) as error:
                 notes.append(f"{problem.name}: optimize_time_grid({name!r}, nfe={budget}) refused: {error}")
                 continue
             row["calibration"][budget] = {"seconds": time.perf_counter() - start, "score_calls": counted.calls,
                                           "batch": len(problem.x_calibration), "max_evaluations": evaluations}
-            x, nfe = run_sdekit(problem, problem.x_T, name, ts=ts)
+            x, nfe = run_sdekit(problem, problem.x_T, name, ts=ts, **options)
             if nfe > budget:
                 notes.append(f"{problem.name}: optimize_time_grid({name!r}, nfe={budget}) gave a grid of {nfe} "
                              "score calls; not counted")
@@ -370,9 +395,11 @@ def frechet_rows(problem: Problem, rows, best, peers, args) -> dict:
             row = by_method[best[budget][side]["method"]]
             steps = row["steps"][budget]
             if side == "sdekit" and row["grid"] == "optimized":
-                x, nfe = run_sdekit(problem, x_T, row["sampler"], ts=torch.tensor(row["ts"][budget]))
+                x, nfe = run_sdekit(problem, x_T, row["sampler"], ts=torch.tensor(row["ts"][budget]),
+                                    **row.get("options", {}))
             elif side == "sdekit":
-                x, nfe = run_sdekit(problem, x_T, row["sampler"], steps=steps, grid=row["grid"])
+                x, nfe = run_sdekit(problem, x_T, row["sampler"], steps=steps, grid=row["grid"],
+                                    **row.get("options", {}))
             else:
                 run = run_peer(peers_by_method[row["method"]], problem, x_T, steps)
                 x, nfe = run.x, run.nfe
@@ -454,7 +481,7 @@ def markdown_summary(results: dict) -> str:
 
 
 def _family(row) -> str:
-    return row["sampler"] if row["library"] == "sdekit" else row["method"].rsplit(" (", 1)[0]
+    return row.get("variant", row["sampler"]) if row["library"] == "sdekit" else row["method"].rsplit(" (", 1)[0]
 
 
 def plotted_rows(rows) -> list[dict]:
@@ -512,8 +539,9 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="small sizes, a few methods (the test's run): "
                         + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     parser.add_argument("--budgets", default="5,10,20,50", help="comma-separated NFE budgets")
-    parser.add_argument("--methods", default=None, help="comma-separated sdekit samplers (default: every "
-                        "deterministic one)")
+    parser.add_argument("--methods", default=None, help="comma-separated sdekit samplers, each a name with "
+                        "optional :option or :option=value parts, e.g. ipndm:order=3:afs (default: every "
+                        "deterministic one, and %s)" % AFS_VARIANTS)
     parser.add_argument("--grids", default=",".join(skd.GRIDS), help="comma-separated time grids")
     parser.add_argument("--optimize", default=OPTIMIZED_SAMPLERS, help="mixture: samplers also run on "
                         "skd.optimize_time_grid's grid ('' for none, 'all' for --methods)")
@@ -574,14 +602,15 @@ def _run(args) -> dict:
     start, cpu_start = time.perf_counter(), time.process_time()
     budgets = [int(b) for b in args.budgets.split(",")]
     every = deterministic_samplers()
-    methods = every if args.methods is None else args.methods.split(",")
+    methods = every + AFS_VARIANTS.split(",") if args.methods is None else args.methods.split(",")
     optimize = {}
     for name, chosen, chosen_budgets in (("mixture", args.optimize, args.optimize_budgets),
                                          ("digits", args.digits_optimize, args.digits_optimize_budgets)):
         samplers_chosen = methods if chosen == "all" else [m for m in chosen.split(",") if m]
         wanted = budgets if chosen_budgets is None else [int(b) for b in chosen_budgets.split(",")]
         optimize[name] = (samplers_chosen, [b for b in budgets if b in wanted])
-    unknown = sorted(set(methods + optimize["mixture"][0] + optimize["digits"][0]) - set(every))
+    unknown = sorted({parse_method(m)[0] for m in methods + optimize["mixture"][0] + optimize["digits"][0]}
+                     - set(every))
     if unknown:
         raise SystemExit(f"not deterministic samplers of skd.sample: {unknown}; valid: {every}")
     grids = args.grids.split(",")

@@ -238,11 +238,12 @@ def _check_output_format(output: Path) -> None:
 
 
 # flags of `sdekit sample` that are options of some samplers: (flag, attribute, option name)
-SAMPLER_FLAGS = (("--variance", "variance", "variance"), ("--clip-denoised", "clip_denoised", "clip_denoised"))
+SAMPLER_FLAGS = (("--variance", "variance", "variance"), ("--clip-denoised", "clip_denoised", "clip_denoised"),
+                 ("--afs", "afs", "afs"))
 
 
 def _sampler_flags(args, record) -> dict:
-    """The sampler options given as flags (``--variance``, ``--clip-denoised``); :class:`CommandError`
+    """The sampler options given as flags (``--variance``, ``--clip-denoised``, ``--afs``); :class:`CommandError`
     for one that ``record``'s sampler does not take, naming the samplers that do."""
     from .samplers import registry
     options = {}
@@ -364,6 +365,9 @@ def register(subparsers) -> None:
                              "default), beta, or learned (a model trained with --learn-variance; Improved DDPM)")
     sample.add_argument("--clip-denoised", action="store_true",
                         help="--solver ancestral: clamp the data prediction to [-1, 1] (data scaled to [-1, 1])")
+    sample.add_argument("--afs", action="store_true",
+                        help="--solver ipndm, deis, unipc, dpm_solver++_2m/3m: the analytical first step (the "
+                             "model's output at t_max taken from standard normal data: one score call fewer)")
     sample.add_argument("--no-ema", action="store_true", help="use the live weights instead of the EMA")
     sample.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     sample.add_argument("--device", default="auto", help="(default: %(default)s)")

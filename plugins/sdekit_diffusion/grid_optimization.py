@@ -18,7 +18,8 @@ met of
     E(t_{0:N}) = \frac1B \sum_{b=1}^{B} \bigl\lVert \hat x_b(t_{0:N}) - x^\star_b \bigr\rVert_2
 
 (the mean over samples of the Euclidean norm over all of a sample's elements: the error of
-``benchmarks/few_step.py``), over grids with fixed ends and ``N = nfe / calls_per_step`` steps.
+``benchmarks/few_step.py``), over grids with fixed ends and ``N = nfe / calls_per_step`` steps
+(one more with ``afs=True``, whose first model output costs no call).
 
 **Parametrisation.** The grid is held in the log-SNR :math:`\lambda = \log(\alpha/\sigma)`: with
 :math:`\Lambda = \lambda(t_{min}) - \lambda(t_{max}) > 0`, the increments are
@@ -109,7 +110,8 @@ def optimize_time_grid(sde: DiffusionSDE, score_fn: Callable, x_T: torch.Tensor,
     r"""The time grid of ``nfe`` score calls on which ``solver`` best matches the exact
     probability-flow solution of the calibration batch ``x_T`` (module docstring).
 
-    Minimises, over grids from ``sde.t_max`` to ``t_min`` with ``nfe / calls_per_step`` steps,
+    Minimises, over grids from ``sde.t_max`` to ``t_min`` with ``nfe / calls_per_step`` steps
+    (``nfe + 1`` with ``afs=True``),
     :math:`E = \frac1B \sum_b \lVert \hat x_b - x^\star_b \rVert_2`: the mean over the ``B``
     samples of ``x_T`` of the Euclidean distance between the sampler's ``x(t_min)`` and the
     reference ``x*`` (the probability-flow ODE solved by ``dopri5`` at ``rtol = atol =
@@ -124,7 +126,8 @@ def optimize_time_grid(sde: DiffusionSDE, score_fn: Callable, x_T: torch.Tensor,
             ``sde.prior_sample((1024, dim))`` (module docstring: its size matters); score the
             grid on *other* draws. The sampler runs in ``x_T``'s dtype.
         nfe: score calls of one sampling run on the grid: a multiple of the sampler's
-            ``calls_per_step`` giving at least its ``min_steps`` steps.
+            ``calls_per_step`` (less its ``saved_calls``, one with ``afs=True``) giving at least
+            its ``min_steps`` steps.
         solver: a deterministic fixed-grid sampler of :func:`sdekit_diffusion.sample`
             (``dpm_solver++_2m``, ``dpm_solver++_3m``, ``unipc``, ``ipndm``, ``deis``, ``ddim``,
             ``dpm_solver_2``, ``edm_heun``, the core's ``euler``, ``heun``, ``rk4``, ...).
@@ -140,11 +143,11 @@ def optimize_time_grid(sde: DiffusionSDE, score_fn: Callable, x_T: torch.Tensor,
             precision, module docstring).
         gradient: ``"auto"`` (autograd when it is the objective's gradient, differences
             otherwise), ``"autograd"`` (unchecked) or ``"differences"``.
-        options: the sampler's own options (e.g. ``order=3``, ``variant="bh2"``), passed to
+        options: the sampler's own options (e.g. ``order=3``, ``variant="bh2"``, ``afs=True``), passed to
             :func:`sdekit_diffusion.sample` at every run.
 
     Returns:
-        A float64 CPU tensor of ``nfe / calls_per_step + 1`` strictly decreasing times from
+        A float64 CPU tensor of ``N + 1`` strictly decreasing times from
         ``sde.t_max`` to ``t_min``, for ``skd.sample(sde, score_fn, x_T=..., solver=solver,
         ts=grid, **options)``.
 
@@ -224,15 +227,20 @@ def _steps(record, nfe, options: dict) -> int:
                          "minimise; use a deterministic sampler (e.g. 'ddim' with eta=0, "
                          f"{DEFAULT_SOLVER!r}, 'unipc')")
     nfe = positive_int(nfe, "nfe")
-    calls = record.calls_per_step(options)
-    minimum = record.min_steps * calls
-    if nfe % calls or nfe < minimum:
-        need = f"a multiple of {calls} and >= {minimum}" if calls > 1 else f">= {minimum}"
+    calls, saved = record.calls_per_step(options), record.saved_calls(options)
+    minimum = record.nfe(record.min_steps, options)
+    if (nfe + saved) % calls or nfe < minimum:
+        if calls > 1:
+            multiple = f"{saved} less than a multiple of {calls}" if saved else f"a multiple of {calls}"
+            need = f"{multiple} and >= {minimum}"
+        else:
+            need = f">= {minimum}"
         plural = "s" if record.min_steps > 1 else ""
-        raise ValueError(f"{name} makes {calls} score call{'s' if calls > 1 else ''} per step and "
+        fewer = f" ({saved} fewer in all with these options)" if saved else ""
+        raise ValueError(f"{name} makes {calls} score call{'s' if calls > 1 else ''} per step{fewer} and "
                          f"needs at least {record.min_steps} step{plural}: nfe must be {need}, "
                          f"got {nfe}")
-    return nfe // calls
+    return (nfe + saved) // calls
 
 
 def _check_state(x: torch.Tensor, name: str) -> None:

@@ -79,6 +79,8 @@ def learned_checkpoint(tmp_path_factory):
 @pytest.mark.parametrize("extra, message", [
     (["--solver", "ddim", "--variance", "beta"], "--variance is an option of ancestral; --solver ddim does not"),
     (["--solver", "euler", "--clip-denoised"], "--clip-denoised is an option of ancestral; --solver euler"),
+    (["--solver", "ddim", "--afs"], "--afs is an option of deis, dpm_solver++_2m, dpm_solver++_3m, ipndm, unipc; "
+                                    "--solver ddim does not"),
     (["--solver", "ancestral", "--variance", "learned"], "--variance learned needs a model that learns"),
 ])
 def test_ancestral_flags_are_refused_where_they_do_not_apply(checkpoint, tmp_path, capsys, extra, message):
@@ -121,3 +123,17 @@ def test_train_refuses_a_missing_device_or_an_unwritable_output_before_any_work(
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and __import__("re").search(message, err), err
     assert loaded == []   # refused before the data were loaded
+
+
+def test_sample_afs_flag_reaches_the_sampler(checkpoint, tmp_path):
+    """--afs: the samples equal skd.sample's with afs=True (one score call fewer), not the plain ones."""
+    import numpy as np
+    trainer = skd.Trainer.load(checkpoint / "model.pt", device="cpu", progress=False)
+    output = tmp_path / "afs.npy"
+    assert run("sample", "--checkpoint", checkpoint, "--solver", "unipc", "--steps", "5", "--n", "16", "--afs",
+               "--output", output, "--quiet") == 0
+    kwargs = dict(solver="unipc", steps=5, seed=0, dtype=trainer.dtype)
+    expected = skd.sample(trainer.sde, trainer.score_fn(), (16, 2), afs=True, **kwargs)
+    assert expected.nfe == 4
+    assert torch.equal(torch.from_numpy(np.load(output)), expected.x)
+    assert not torch.equal(expected.x, skd.sample(trainer.sde, trainer.score_fn(), (16, 2), **kwargs).x)

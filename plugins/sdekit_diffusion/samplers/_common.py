@@ -244,21 +244,51 @@ class Context:
         """:math:`\\alpha(t), \\sigma(t)` broadcastable against ``x``."""
         return (append_dims(self.sde.schedule.alpha(t), x), append_dims(self.sde.schedule.sigma(t), x))
 
-    def eps(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        r""":math:`\hat\epsilon = -\sigma(t) s(t, x)` (one score call)."""
-        _, sigma = self.alpha_sigma(t, x)
-        return -sigma * self.score(t, x)
-
-    def data(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        r""":math:`\hat x_0 = (x + \sigma^2 s)/\alpha` (one score call)."""
+    def eps(self, t: torch.Tensor, x: torch.Tensor, analytic: bool = False) -> torch.Tensor:
+        r""":math:`\hat\epsilon = -\sigma(t) s(t, x)` (one score call), or with ``analytic`` the
+        score of standard normal data instead of a call (:func:`analytic_score`)."""
         alpha, sigma = self.alpha_sigma(t, x)
-        return (x + sigma ** 2 * self.score(t, x)) / alpha
+        score = analytic_score(alpha, sigma, x) if analytic else self.score(t, x)
+        return -sigma * score
+
+    def data(self, t: torch.Tensor, x: torch.Tensor, analytic: bool = False) -> torch.Tensor:
+        r""":math:`\hat x_0 = (x + \sigma^2 s)/\alpha` (one score call, none with ``analytic``)."""
+        alpha, sigma = self.alpha_sigma(t, x)
+        score = analytic_score(alpha, sigma, x) if analytic else self.score(t, x)
+        return (x + sigma ** 2 * score) / alpha
 
     def report(self, i: int, x: torch.Tensor, t: torch.Tensor, denoised: torch.Tensor | None) -> None:
         if self.callback is not None:
             self.callback(i, x, t, denoised)
         if self.bar is not None:
             self.bar.update(1)
+
+
+def analytic_score(alpha: torch.Tensor, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    r"""The score of :math:`x_t = \alpha x_0 + \sigma \epsilon` for standard normal data,
+    :math:`-x/(\alpha^2 + \sigma^2)`: the analytical first step (AFS) of Zhou et al., *Fast
+    ODE-based Sampling for Diffusion Models in Around 5 Steps* (CVPR 2024; ``afs`` of zju-pi/
+    diff-sampler), where the samplers' ``afs=True`` takes it for the model's output at
+    :math:`t_{max}` and saves that score call. For data of any law it is the score of
+    :math:`p_{t_{max}}` up to :math:`O(\alpha(t_{max}))` (the data's mean enters at first order in
+    :math:`\alpha`, their covariance at second), so it gains at few steps and leaves an error that
+    does not vanish with more steps (:math:`\alpha(1) = 0.0066` for ``VPSDE()``; measured in
+    ``benchmarks/few_step.py``: it helps on the 8-d mixture at NFE 5 and 10, not on the digits
+    U-Net, whose data are far from standard normal)."""
+    return -x / (alpha ** 2 + sigma ** 2)
+
+
+def afs_saved_calls(options: dict) -> int:
+    """Score calls a run saves with the sampler option ``afs`` (the registry's ``saved_calls``)."""
+    return 1 if options.get("afs", False) is True else 0
+
+
+def check_afs(name: str, afs) -> bool:
+    if not isinstance(afs, bool):
+        raise ValueError(f"{name}: afs must be True (the analytical first step: the model's output at "
+                         f"t_max taken from standard normal data, one score call fewer) or False, "
+                         f"got {afs!r}")
+    return bool(afs)
 
 
 def schedule(sde: DiffusionSDE, ts: torch.Tensor):

@@ -109,17 +109,18 @@ def adams_weights(grid: torch.Tensor, step_orders: list[int],
 
 
 def eps_multistep(ctx, x: torch.Tensor, ts: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
-                  weights: torch.Tensor, step_orders: list[int]) -> torch.Tensor:
+                  weights: torch.Tensor, step_orders: list[int], afs: bool = False) -> torch.Tensor:
     r"""The linear multistep loop on the noise prediction shared by ``ipndm`` and ``deis``:
     :math:`x_{i+1} = \tfrac{\alpha_{i+1}}{\alpha_i} x_i + \sum_k w_{ik}\,\hat\epsilon_{i-k}` with the
     method's ``weights`` (shape ``(steps, max order)``, on ``ts``) and per-step orders; a last step
-    to :math:`\sigma = 0` (``final_step="zero"``) is the data prediction."""
+    to :math:`\sigma = 0` (``final_step="zero"``) is the data prediction; with ``afs`` the first
+    noise prediction is the analytical one (:func:`._common.analytic_score`, no score call)."""
     ratio = alpha[1:] / alpha[:-1]
     weights, ratio, alpha, sigma = (v.to(dtype=x.dtype, device=x.device)
                                     for v in (weights, ratio, alpha, sigma))
     history: list[torch.Tensor] = []     # noise predictions at t_i, t_{i-1}, ...
     for i in range(len(step_orders)):
-        eps = ctx.eps(ts[i], x)
+        eps = ctx.eps(ts[i], x, analytic=afs and i == 0)
         if ctx.ends_at_zero(i, ts):      # Euler to sigma_ve = 0: the data prediction
             x = (x - sigma[i] * eps) / alpha[i]
             ctx.report(i, x, ts[i + 1], x)

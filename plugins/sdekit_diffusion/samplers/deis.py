@@ -31,12 +31,16 @@ the log-SNR; tAB interpolates in the schedule's time instead.
 
 With ``final_step="zero"`` the last step is the first-order one to :math:`\tilde\sigma = 0`:
 :math:`x = \hat x_0 = (x - \sigma\epsilon)/\alpha`.
+
+``afs=True``: the analytical first step (:func:`._common.analytic_score`): the model output at
+:math:`t_0 = t_{max}` is that of standard normal data, not a score call, so a grid of ``N`` steps
+costs ``N - 1`` calls.
 """
 from __future__ import annotations
 
 import torch
 
-from ._common import Context, schedule
+from ._common import Context, afs_saved_calls, check_afs, schedule
 from ._multistep import adams_weights, check_order, coefficient_grid, eps_multistep
 from .registry import register
 
@@ -48,13 +52,17 @@ def deis_weights(sde, grid: torch.Tensor, step_orders: list[int]) -> torch.Tenso
     return adams_weights(grid, step_orders, lambda t: torch.exp(-sde.schedule.log_snr(t)))
 
 
-@register("deis", min_steps=MAX_ORDER, order=MAX_ORDER, data_prediction=True)
-def deis(ctx: Context, x: torch.Tensor, ts: torch.Tensor, order: int = MAX_ORDER) -> torch.Tensor:
-    """DEIS-tAB of ``order`` 1–3 (module docstring); one score call per step."""
+@register("deis", min_steps=MAX_ORDER, order=MAX_ORDER, data_prediction=True,
+          saved_calls=afs_saved_calls)
+def deis(ctx: Context, x: torch.Tensor, ts: torch.Tensor, order: int = MAX_ORDER,
+         afs: bool = False) -> torch.Tensor:
+    """DEIS-tAB of ``order`` 1–3 (module docstring); one score call per step (one fewer in all
+    with ``afs``)."""
     steps = len(ts) - 1
     check_order("deis", order, MAX_ORDER)
+    afs = check_afs("deis", afs)
     grid = coefficient_grid(ts)
     alpha, sigma, _ = schedule(ctx.sde, grid)
     step_orders = [min(order, i + 1) for i in range(steps)]
     weights = alpha[1:, None] * deis_weights(ctx.sde, grid, step_orders)
-    return eps_multistep(ctx, x, ts, alpha, sigma, weights, step_orders)
+    return eps_multistep(ctx, x, ts, alpha, sigma, weights, step_orders, afs)

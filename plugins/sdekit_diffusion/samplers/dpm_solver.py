@@ -60,13 +60,17 @@ quadratic grid, and it keeps sdekit equal to diffusers' ``DPMSolverMultistepSche
 step count); ``True`` at any step count; ``False`` never. ``euler_at_final=True`` makes the last
 step first order (diffusers' option of that name). With ``final_step="zero"`` the last step goes
 to :math:`\sigma = 0` and is first order, :math:`x = D_0` (diffusers' ``final_sigmas_type="zero"``).
+
+The multistep ones take ``afs=True``: the analytical first step (:func:`._common.analytic_score`):
+the model output at :math:`t_0 = t_{max}` is that of standard normal data, not a score call, so a
+grid of ``N`` steps costs ``N - 1`` calls.
 Global orders 2 and 3; one score call per step.
 """
 from __future__ import annotations
 
 import torch
 
-from ._common import Context, schedule
+from ._common import Context, afs_saved_calls, check_afs, schedule
 from .registry import register
 
 LOWER_ORDER_FINAL_BELOW = 15   # diffusers' DPMSolverMultistepScheduler (the authors' code: 10)
@@ -130,14 +134,14 @@ def _lowers_final_order(lower_order_final, euler_at_final, steps: int) -> bool:
 
 
 def _multistep(ctx: Context, x: torch.Tensor, ts: torch.Tensor, order: int,
-               lower_order_final, euler_at_final: bool) -> torch.Tensor:
+               lower_order_final, euler_at_final: bool, afs: bool = False) -> torch.Tensor:
     alpha, sigma, lam = schedule(ctx.sde, ts)
     h = lam[1:] - lam[:-1]
     steps = len(ts) - 1
     lower_final = _lowers_final_order(lower_order_final, euler_at_final, steps)
     history: list[torch.Tensor] = []   # data predictions at t_{i-1}, t_{i-2}, ...
     for i in range(steps):
-        x0 = ctx.data(ts[i], x)
+        x0 = ctx.data(ts[i], x, analytic=afs and i == 0)
         if ctx.ends_at_zero(i, ts):     # first order to sigma = 0: sigma_i/sigma_{i-1} = 0, phi1 = -1
             x = x0
             ctx.report(i, x, ts[i + 1], x0)
@@ -172,18 +176,24 @@ def _multistep(ctx: Context, x: torch.Tensor, ts: torch.Tensor, order: int,
 
 # A multistep method of order k needs k steps to use its order at all (fewer would silently run a
 # lower-order method), so fewer are refused.
-@register("dpm_solver++_2m", min_steps=2, order=2, data_prediction=True)
+@register("dpm_solver++_2m", min_steps=2, order=2, data_prediction=True,
+          saved_calls=afs_saved_calls)
 def dpm_solver_pp_2m(ctx: Context, x: torch.Tensor, ts: torch.Tensor,
                      lower_order_final: bool | str = "auto",
-                     euler_at_final: bool = False) -> torch.Tensor:
-    """Multistep DPM-Solver++(2M) (module docstring); 1 score call per step."""
-    return _multistep(ctx, x, ts, 2, lower_order_final, euler_at_final)
+                     euler_at_final: bool = False, afs: bool = False) -> torch.Tensor:
+    """Multistep DPM-Solver++(2M) (module docstring); 1 score call per step (one fewer in all
+    with ``afs``)."""
+    return _multistep(ctx, x, ts, 2, lower_order_final, euler_at_final,
+                      check_afs("dpm_solver++_2m", afs))
 
 
-@register("dpm_solver++_3m", min_steps=3, order=3, data_prediction=True)
+@register("dpm_solver++_3m", min_steps=3, order=3, data_prediction=True,
+          saved_calls=afs_saved_calls)
 def dpm_solver_pp_3m(ctx: Context, x: torch.Tensor, ts: torch.Tensor,
                      lower_order_final: bool | str = "auto",
-                     euler_at_final: bool = False) -> torch.Tensor:
-    """Multistep DPM-Solver++(3M) (module docstring); 1 score call per step."""
-    return _multistep(ctx, x, ts, 3, lower_order_final, euler_at_final)
+                     euler_at_final: bool = False, afs: bool = False) -> torch.Tensor:
+    """Multistep DPM-Solver++(3M) (module docstring); 1 score call per step (one fewer in all
+    with ``afs``)."""
+    return _multistep(ctx, x, ts, 3, lower_order_final, euler_at_final,
+                      check_afs("dpm_solver++_3m", afs))
 

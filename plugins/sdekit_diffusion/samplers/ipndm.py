@@ -33,7 +33,10 @@ agree at order 2; at order 3 they misplace a parenthesis (``(1 - a b)/2`` for ``
 the same only on equal steps) and their order-4 coefficients are not Adams–Bashforth's even on
 equal steps (57/24 for :math:`\epsilon_i` instead of 55/24); the tests show both.
 
-``order`` 1–4 (default 4, the paper's iPNDM); ``order = 1`` is DDIM. The grid needs at least 4
+``order`` 1–4 (default 4, the paper's iPNDM); ``order = 1`` is DDIM. ``afs=True``: the analytical
+first step of diff-sampler (:func:`._common.analytic_score`): :math:`\epsilon_0` is the noise
+prediction of standard normal data, :math:`\sigma_0 x_0/(\alpha_0^2 + \sigma_0^2)`, not a score
+call, so a grid of ``N`` steps costs ``N - 1`` calls. The grid needs at least 4
 steps whatever the order (the registry records one ``min_steps``, the default order's). With
 ``final_step="zero"`` the last step is the first-order one to :math:`\tilde\sigma = 0`,
 :math:`x = \hat x_0 = (x - \sigma\epsilon)/\alpha` (the Euler step to 0 in :math:`\tilde\sigma`).
@@ -42,7 +45,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import Context, schedule
+from ._common import Context, afs_saved_calls, check_afs, schedule
 from ._multistep import adams_weights, check_order, coefficient_grid, eps_multistep
 from .registry import register
 
@@ -65,15 +68,18 @@ def ipndm_weights(sigma_ve: torch.Tensor, step_orders: list[int],
     return (sigma_ve[1:] - sigma_ve[:-1])[:, None] * table[rows]
 
 
-@register("ipndm", min_steps=MAX_ORDER, order=MAX_ORDER, data_prediction=True)
+@register("ipndm", min_steps=MAX_ORDER, order=MAX_ORDER, data_prediction=True,
+          saved_calls=afs_saved_calls)
 def ipndm(ctx: Context, x: torch.Tensor, ts: torch.Tensor, order: int = MAX_ORDER,
-          variable_step: bool = False) -> torch.Tensor:
-    """iPNDM of ``order`` 1–4 (module docstring); one score call per step."""
+          variable_step: bool = False, afs: bool = False) -> torch.Tensor:
+    """iPNDM of ``order`` 1–4 (module docstring); one score call per step (one fewer in all with
+    ``afs``)."""
     steps = len(ts) - 1
     check_order("ipndm", order, MAX_ORDER)
+    afs = check_afs("ipndm", afs)
     if variable_step not in (True, False):
         raise ValueError(f"variable_step must be True or False, got {variable_step!r}")
     alpha, sigma, lam = schedule(ctx.sde, coefficient_grid(ts))
     step_orders = [min(order, i + 1) for i in range(steps)]
     weights = alpha[1:, None] * ipndm_weights(torch.exp(-lam), step_orders, variable_step)
-    return eps_multistep(ctx, x, ts, alpha, sigma, weights, step_orders)
+    return eps_multistep(ctx, x, ts, alpha, sigma, weights, step_orders, afs)

@@ -29,7 +29,8 @@ class Sampler:
     the deterministic ones on the probability-flow ODE, weak order of the stochastic ones);
     ``options`` (accepted option names); ``data_prediction`` (steps through the data prediction,
     so it can end at sigma = 0); ``core`` (a core ``sdekit`` solver run through
-    :func:`sdekit.solve`).
+    :func:`sdekit.solve`); ``saved_calls(options)`` (score calls a whole run saves, e.g. one with
+    ``afs=True``; :meth:`nfe` counts a run's calls).
     """
 
     name: str
@@ -43,6 +44,12 @@ class Sampler:
     data_prediction: bool = False
     core: bool = False
     summary: str = ""
+    saved_calls: Callable[[dict], int] = field(default=lambda options: 0)
+
+    def nfe(self, steps: int, options: dict) -> int:
+        """Score calls of a run of ``steps`` grid steps with ``options`` (fixed-grid samplers):
+        ``steps * calls_per_step`` less the ``saved_calls`` of options such as ``afs``."""
+        return steps * self.calls_per_step(options) - self.saved_calls(options)
 
     def check_options(self, options: dict) -> None:
         """:class:`TypeError` naming every option this sampler does not take."""
@@ -82,17 +89,20 @@ def _keyword_options(function: Callable) -> tuple[str, ...]:
 
 def register(name: str, *, min_steps: int = 1, calls_per_step: int | Callable[[dict], int] = 1,
              stochastic: bool | Callable[[dict], bool] = False, adaptive: bool = False,
-             order: float | None = None, data_prediction: bool = False, summary: str = ""):
+             order: float | None = None, data_prediction: bool = False, summary: str = "",
+             saved_calls: Callable[[dict], int] | None = None):
     """Decorator registering ``function(ctx, x, ts, **options)`` as the sampler ``name``.
 
     ``calls_per_step`` and ``stochastic`` are constants or functions of the options given (e.g.
-    DDIM draws noise only when ``eta != 0``)."""
+    DDIM draws noise only when ``eta != 0``); ``saved_calls(options)``: score calls a whole run
+    saves (``afs=True``: one)."""
     def decorate(function: Callable) -> Callable:
         calls = calls_per_step if callable(calls_per_step) else (lambda options, c=calls_per_step: c)
         noisy = stochastic if callable(stochastic) else (lambda options, s=stochastic: s)
         _add(Sampler(name, function, min_steps, calls, noisy, adaptive, order,
                      _keyword_options(function), data_prediction, False,
-                     summary or (function.__doc__ or "").strip().split("\n")[0]))
+                     summary or (function.__doc__ or "").strip().split("\n")[0],
+                     saved_calls or (lambda options: 0)))
         return function
     return decorate
 

@@ -49,12 +49,16 @@ order (the registry's ``min_steps``, the default order's).
 With ``final_step="zero"`` the last step goes to :math:`\sigma = 0` and is first order: :math:`x =
 \hat x_0` of the model call at :math:`t_{N-1}` (as diffusers' ``final_sigmas_type="zero"`` with
 ``lower_order_final``).
+
+``afs=True``: the analytical first step (:func:`._common.analytic_score`): the model output at
+:math:`t_0 = t_{max}` is that of standard normal data, not a score call, so a grid of ``N`` steps
+costs ``N - 1`` calls.
 """
 from __future__ import annotations
 
 import torch
 
-from ._common import Context, schedule
+from ._common import Context, afs_saved_calls, check_afs, schedule
 from ._multistep import check_order, coefficient_grid
 from .dpm_solver import _lowers_final_order
 from .registry import register
@@ -103,13 +107,16 @@ def unipc_coefficients(lam: torch.Tensor, step_orders: list[int], variant: str, 
     return phi_1, B, predictor, corrector, corrector_new
 
 
-@register("unipc", min_steps=MAX_ORDER, order=MAX_ORDER + 1, data_prediction=True)
+@register("unipc", min_steps=MAX_ORDER, order=MAX_ORDER + 1, data_prediction=True,
+          saved_calls=afs_saved_calls)
 def unipc(ctx: Context, x: torch.Tensor, ts: torch.Tensor, order: int = MAX_ORDER,
           variant: str = "bh2", prediction: str = "data",
-          lower_order_final: bool | str = "auto") -> torch.Tensor:
-    """UniPC with UniP-``order`` and UniC-``order`` (module docstring); one score call per step."""
+          lower_order_final: bool | str = "auto", afs: bool = False) -> torch.Tensor:
+    """UniPC with UniP-``order`` and UniC-``order`` (module docstring); one score call per step
+    (one fewer in all with ``afs``)."""
     steps = len(ts) - 1
     check_order("unipc", order, MAX_ORDER)
+    afs = check_afs("unipc", afs)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS} (B(h) = h or e^h - 1), got "
                          f"{variant!r}")
@@ -137,7 +144,7 @@ def unipc(ctx: Context, x: torch.Tensor, ts: torch.Tensor, order: int = MAX_ORDE
         for v in (ratio, base, pred, corr, corr_new, alpha, sigma))
     model = ctx.data if data else ctx.eps
 
-    m = model(ts[0], x)
+    m = model(ts[0], x, analytic=afs)
     x_model = x                                      # the state m was evaluated at
     history = [m]                                    # m_i, m_{i-1}, ...
     for i in range(steps):
