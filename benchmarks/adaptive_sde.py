@@ -9,15 +9,17 @@ shared by every method:
 
 * Euler–Maruyama and SRA1 on uniform grids (``sdekit.solve(sde.reverse(score), x_T, t_max, t_min,
   solver=..., brownian=tree, ts=...)``);
-* the adaptive order-1.5 SRKs ``sra3``, ``sosra``, ``shark`` at each tolerance (``rtol = atol =
+* the adaptive order-1.5 SRKs ``sra3``, ``sosra``, ``shark`` and ``shark_t`` (ShARK with its stage
+  diffusions placed for a time-dependent ``g``) at each tolerance (``rtol = atol =
   tol`` unless ``--atol``), one step size per sample (the reverse SDE has ``batched_time``), each
   solve given its ``sdekit.PIDController`` (``controller=``): the controller's defaults unless
   ``--pcoeff``, ``--icoeff``, ``--safety``, ``--factor-min``, ``--factor-max`` or ``--combine``;
 * the same adaptive SRKs with one step size for the whole batch (``per_sample_steps=False``, the
-  error norm over all of its elements) for ``--shared-solvers`` (``shark``): rows ``shark, one
-  step for the batch``; no sample waits for the slowest, and each step is one tree query;
-* ``--uniform-solvers`` (``shark``) on uniform grids of ``--uniform-steps`` steps (rows ``shark,
-  uniform grid``), beside the targets (which are about adaptive runs);
+  error norm over all of its elements) for ``--shared-solvers`` (``shark``, ``shark_t``): rows
+  ``shark, one step for the batch``; no sample waits for the slowest, and each step is one tree
+  query;
+* ``--uniform-solvers`` (``shark``, ``shark_t``) on uniform grids of ``--uniform-steps`` steps (rows
+  ``shark, uniform grid``), beside the targets (which are about adaptive runs);
 * ``adaptive_sde`` (Jolicoeur-Martineau et al. 2021) through ``skd.sample(..., brownian=tree)``
   at each ``--adaptive-sde-tols`` pair (the paper's defaults ``rtol = 0.05, atol = 0.0078`` first).
 
@@ -68,7 +70,7 @@ import torch
 import sdekit
 import sdekit_diffusion as skd
 
-SRK = ("sra3", "sosra", "shark")
+SRK = ("sra3", "sosra", "shark", "shark_t")
 PAPER_ATOL = 0.0078       # adaptive_sde's default atol (Jolicoeur-Martineau et al. 2021)
 OFF_PATH = 1.0            # a path this far from the reference ended in another mode
 EM_TARGET_STEPS = 1000    # the targets are stated against Euler-Maruyama with 1000 steps
@@ -437,9 +439,9 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--em-steps", default="125,250,500,1000")
     parser.add_argument("--sra1-steps", default="25,50,100,200")
     parser.add_argument("--solvers", default=",".join(SRK), help="adaptive SRKs to run")
-    parser.add_argument("--shared-solvers", default="shark", help="of --solvers, those also run with one step "
+    parser.add_argument("--shared-solvers", default="shark,shark_t", help="of --solvers, those also run with one step "
                         "size for the batch (per_sample_steps=False)")
-    parser.add_argument("--uniform-solvers", default="shark", help="SRKs also run on uniform grids of "
+    parser.add_argument("--uniform-solvers", default="shark,shark_t", help="SRKs also run on uniform grids of "
                         "--uniform-steps")
     parser.add_argument("--uniform-steps", default="50,75,100")
     parser.add_argument("--tols", default="3e-2,2e-2,1.75e-2,1.5e-2,1e-2,3e-3", help="rtol of the adaptive SRKs")

@@ -1,9 +1,11 @@
-"""Additive-noise SRK solvers (sra3, sosra, shark) and the step-size controller.
+"""Additive-noise SRK solvers (sra3, sosra, shark, shark_t) and the step-size controller.
 
 Strong orders are measured on one Brownian path per test (one :class:`sdekit.BrownianTree` queried
 at every step size, float64); the slope of log(error) against log(step size) is asserted within
 0.25 of theory. Adaptive solves use trees of the default depth (their step times are not dyadic).
 """
+import math
+
 import pytest
 import torch
 
@@ -11,11 +13,12 @@ import sdekit
 from helpers import fitted_slope
 from sdekit.bench.problems import AdditiveNoise
 from sdekit.controller import PIDController
+from sdekit.solvers import Increment
 from sdekit.solvers.additive_srk import AdditiveSRKTableau
 from test_sde_solvers import AdditiveLinear, AdditiveNonlinear, assert_order, brownian_tree, strong_errors
 
 DTYPE = torch.float64
-SRK = ["sra3", "sosra", "shark"]
+SRK = ["sra3", "sosra", "shark", "shark_t"]
 
 
 def transient(batched_time=False, dim=2):
@@ -472,3 +475,60 @@ def test_adaptive_srk_benchmark_script(tmp_path, capsys):
     adaptive = [r for r in rows if r["solver"] == "shark"]
     assert len(adaptive) == 2 and all(r["nfe_ratio"]["euler_maruyama"] > 1 for r in adaptive)
     assert {r["solver"] for r in rows} == {"euler_maruyama", "sra1", "shark"}
+
+
+# -- shark_t: stage diffusions for a time-dependent g -------------------------------------------
+
+class LinearTimeNoise(sdekit.SDE):
+    """dx = -lam x dt + g(t) dW with g(t) = 1 + 10 t."""
+
+    noise_type = "additive"
+
+    def __init__(self, lam: float):
+        self.lam = lam
+
+    def drift(self, t, x):
+        return -self.lam * x
+
+    def diffusion(self, t, x):
+        return (1.0 + 10.0 * t).expand_as(x)
+
+
+def noise_components(name, problem, t0, h):
+    """The coefficients of W and H in one step of ``name`` from x0 = 0 (the scheme is linear)."""
+    solver = sdekit.solvers.get(name)
+    t0, t1 = torch.tensor(t0, dtype=DTYPE), torch.tensor(t0 + h, dtype=DTYPE)
+    one, zero = torch.ones(1, 1, dtype=DTYPE), torch.zeros(1, 1, dtype=DTYPE)
+    step = lambda W, H: solver.step(problem, t0, t1, zero, Increment(t1 - t0, W, H), None)[0].item()  # noqa: E731
+    return step(one, zero), step(zero, one)
+
+
+def exact_components(problem, t0, h):
+    """Projections of the exact noise int_0^h exp(-lam (h - r)) g(t0 + r) dW_r on W and on H =
+    int (1/2 - r/h) dW (variances h and h/12)."""
+    from scipy.integrate import quad
+    kernel = lambda r: math.exp(-problem.lam * (h - r)) * (1.0 + 10.0 * (t0 + r))  # noqa: E731
+    on_w = quad(kernel, 0.0, h, epsabs=1e-15, epsrel=1e-13)[0] / h
+    on_h = quad(lambda r: kernel(r) * (0.5 - r / h), 0.0, h, epsabs=1e-15, epsrel=1e-13)[0] * 12.0 / h
+    return on_w, on_h
+
+
+def test_shark_t_gets_the_noise_of_a_step_with_time_dependent_g():
+    """The W component of a step's noise: ShARK (stage diffusions at t0) misses -lam g' h^2 / 6
+    and lam^2 g0 h^2 / 6 of the exact one, shark_t only the second (the ShARKT docstring); both get
+    the H component to O(h^3)."""
+    lam, g_prime, t0 = 1.0, 10.0, 0.3     # lam g' = 10 against lam^2 g0 = 4: both terms show
+    problem = LinearTimeNoise(lam)
+    g0 = 1.0 + g_prime * t0
+    steps = (0.04, 0.02, 0.01)
+    h_errors = {"shark": [], "shark_t": []}
+    for h in steps:
+        exact_w, exact_h = exact_components(problem, t0, h)
+        shark_w, shark_h = noise_components("shark", problem, t0, h)
+        t_w, t_h = noise_components("shark_t", problem, t0, h)
+        assert shark_w - exact_w == pytest.approx((lam * g_prime - lam ** 2 * g0) * h ** 2 / 6, rel=0.1)
+        assert t_w - exact_w == pytest.approx(-lam ** 2 * g0 * h ** 2 / 6, rel=0.1)
+        h_errors["shark"].append(abs(shark_h - exact_h))
+        h_errors["shark_t"].append(abs(t_h - exact_h))
+    for name, errors in h_errors.items():
+        assert fitted_slope(list(steps), errors) > 2.7, (name, errors)

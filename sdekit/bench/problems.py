@@ -223,7 +223,7 @@ class AdditiveTransient(AdditiveNoise):
 
     name = "additive_transient"
     description = "additive noise with a transient: Rackauckas-Nie system, clock 0.01 + t, alpha = 1, 4-d, exact"
-    solvers = ("euler_maruyama", "sra1", "sra3", "sosra", "shark")
+    solvers = ("euler_maruyama", "sra1", "sra3", "sosra", "shark", "shark_t")
 
     def __init__(self, batched_time: bool = False):
         super().__init__(alpha=1.0, shift=0.01, batched_time=batched_time)

@@ -11,7 +11,7 @@ from .sra1 import SRA1
 from .additive_srk import AdditiveSRK, AdditiveSRKTableau
 from .sra3 import SRA3
 from .sosra import SOSRA
-from .shark import ShARK
+from .shark import ShARK, ShARKT
 from .adaptive_em import AdaptiveEulerMaruyama
 from .pc import PredictorCorrector
 from .runge_kutta import RK4, ButcherTableau, Dopri5, Euler, ExplicitRungeKutta, Heun, Midpoint
@@ -63,7 +63,7 @@ def available(kind: str | None = None) -> list[dict]:
     return [r for r in rows if kind is None or r["kind"] == kind]
 
 
-for _cls in (Euler, Midpoint, Heun, RK4, Dopri5, EulerMaruyama, Milstein, SRA1, SRA3, SOSRA, ShARK,
+for _cls in (Euler, Midpoint, Heun, RK4, Dopri5, EulerMaruyama, Milstein, SRA1, SRA3, SOSRA, ShARK, ShARKT,
              AdaptiveEulerMaruyama, PredictorCorrector):
     register(_cls)
 

@@ -362,10 +362,13 @@ def test_denoise_is_tweedie():
 
 # -- NFE, reproducibility, callbacks ----------------------------------------------------------
 
+CORE_ADAPTIVE_SDE = [info["name"] for info in sdekit.solvers.available() if info["kind"] == "sde" and info["adaptive"]]
+
+
 def _options(solver):
     if solver == "dopri5":
         return {"rtol": 1e-4, "atol": 1e-4}
-    if solver in ("adaptive_em", "sra3", "sosra", "shark"):  # the core adaptive SDE solvers
+    if solver in CORE_ADAPTIVE_SDE:
         return {"rtol": 0.1, "atol": 0.1}
     if solver == "adaptive_sde":
         return {}
