@@ -15,18 +15,21 @@ the tree is built with ``align=steps``, which stretches its dyadic grid so that 
 ``steps`` steps lies on it (rows ``BrownianTree(align=k)``, for the non-dyadic cases). The default
 cases hold one dyadic and one non-dyadic grid per shape.
 
-Each figure is the best of ``--repeats`` runs, each on a fresh source (no state is reused).
+Each figure is the best of ``--repeats`` rounds, each on a fresh source (no state is reused); a
+round times every source of the case once, interleaved, so that a slow phase of a shared machine
+weighs on all rows alike.
 Target (issue 11): ``BrownianTree.increments`` over a fixed grid <= 3x ``GeneratorNoise`` per step
 at (64, 2) and at (64, 3, 32, 32).
 
     python benchmarks/brownian_speed.py [--cases 64x2:1024 64x2:1000 64x3x32x32:64 64x3x32x32:50]
-        [--chunk 32] [--repeats 5] [--dtype float64] [--clock wall|cpu] [--json out.json]
+        [--chunk 32] [--repeats 9] [--dtype float64] [--clock wall|cpu] [--json out.json]
         [--plot out.png]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 import torch
@@ -49,16 +52,21 @@ def parse_case(text: str) -> tuple[tuple[int, ...], int]:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
-def best_time(make_source, run, repeats: int, clock=time.perf_counter) -> float:
-    """Best time (seconds, on ``clock``) of ``run(source)`` over fresh sources, after one warm-up."""
-    run(make_source())
-    times = []
+def best_times(entries: dict, repeats: int, clock=time.perf_counter) -> dict[str, float]:
+    """Best time (seconds, on ``clock``) of each ``entries[name] = (make_source, run)`` over
+    ``repeats`` rounds, each on a fresh source, after one warm-up round. Every round runs every
+    entry once, so a slow phase of a shared machine slows all of them alike instead of whichever
+    was being measured: the ratios between rows are what the figures are for."""
+    for make_source, run in entries.values():
+        run(make_source())
+    best = {name: math.inf for name in entries}
     for _ in range(repeats):
-        source = make_source()
-        start = clock()
-        run(source)
-        times.append(clock() - start)
-    return min(times)
+        for name, (make_source, run) in entries.items():
+            source = make_source()
+            start = clock()
+            run(source)
+            best[name] = min(best[name], clock() - start)
+    return best
 
 
 def queries(ts: torch.Tensor, chunk: int | None, levy_area: bool = False):
@@ -75,7 +83,7 @@ def queries(ts: torch.Tensor, chunk: int | None, levy_area: bool = False):
 def measure_case(shape, steps, chunk, repeats, dtype, clock=time.perf_counter) -> dict[str, float]:
     """Seconds per step of every source on one case."""
     ts = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
-    rows: dict[str, float] = {}
+    rows: dict = {}   # name -> (make_source, run), timed together by best_times
 
     def tree():
         return BrownianTree(0.0, 1.0, shape, seed=0, dtype=dtype)
@@ -87,19 +95,16 @@ def measure_case(shape, steps, chunk, repeats, dtype, clock=time.perf_counter) -
         return GeneratorNoise(shape, torch.Generator().manual_seed(0), dtype=dtype)
 
     for label, query_chunk in (("whole grid", None), (f"chunks of {chunk}", chunk)):
-        rows[f"BrownianTree, {label}"] = best_time(tree, queries(ts, query_chunk), repeats, clock)
-        rows[f"BrownianTree + Levy area, {label}"] = best_time(
-            tree, queries(ts, query_chunk, levy_area=True), repeats, clock)
+        rows[f"BrownianTree, {label}"] = (tree, queries(ts, query_chunk))
+        rows[f"BrownianTree + Levy area, {label}"] = (tree, queries(ts, query_chunk, levy_area=True))
         if not dyadic(steps):   # align=steps makes this grid dyadic
-            rows[f"BrownianTree(align={steps}), {label}"] = best_time(
-                aligned, queries(ts, query_chunk), repeats, clock)
-            rows[f"BrownianTree(align={steps}) + Levy area, {label}"] = best_time(
-                aligned, queries(ts, query_chunk, levy_area=True), repeats, clock)
-        rows[f"GeneratorNoise, {label}"] = best_time(generator, queries(ts, query_chunk), repeats, clock)
-        rows[f"GeneratorNoise + Levy area, {label}"] = best_time(
-            generator, queries(ts, query_chunk, levy_area=True), repeats, clock)
-    rows[f"PerSampleNoise, chunks of {chunk}"] = best_time(
-        lambda: PerSampleNoise(shape, seed=0, dtype=dtype), queries(ts, chunk), repeats, clock)
+            rows[f"BrownianTree(align={steps}), {label}"] = (aligned, queries(ts, query_chunk))
+            rows[f"BrownianTree(align={steps}) + Levy area, {label}"] = (
+                aligned, queries(ts, query_chunk, levy_area=True))
+        rows[f"GeneratorNoise, {label}"] = (generator, queries(ts, query_chunk))
+        rows[f"GeneratorNoise + Levy area, {label}"] = (generator, queries(ts, query_chunk, levy_area=True))
+    rows[f"PerSampleNoise, chunks of {chunk}"] = (
+        lambda: PerSampleNoise(shape, seed=0, dtype=dtype), queries(ts, chunk))
     try:
         import torchsde
     except ImportError:  # pragma: no cover - torchsde is a core dependency
@@ -110,10 +115,10 @@ def measure_case(shape, steps, chunk, repeats, dtype, clock=time.perf_counter) -
         def per_step(source):
             for i in range(steps):
                 source(times[i], times[i + 1])
-        rows["torchsde.BrownianInterval, per step"] = best_time(
+        rows["torchsde.BrownianInterval, per step"] = (
             lambda: torchsde.BrownianInterval(t0=0.0, t1=1.0, size=shape, dtype=dtype, entropy=0),
-            per_step, repeats, clock)
-    return {name: seconds / steps for name, seconds in rows.items()}
+            per_step)
+    return {name: seconds / steps for name, seconds in best_times(rows, repeats, clock).items()}
 
 
 def dyadic(steps: int) -> bool:
@@ -164,7 +169,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--cases", nargs="+", type=parse_case, default=[parse_case(c) for c in DEFAULT_CASES],
                         help="SHAPE:STEPS, e.g. 64x2:1000 (default: %(default)s)")
     parser.add_argument("--chunk", type=int, default=32, help="steps per call, as sdekit.solve")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall time, or the CPU time of this thread (steadier on a shared machine)")
