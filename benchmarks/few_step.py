@@ -78,8 +78,9 @@ FD_BUDGETS = (5, 10, 20)      # NFE at which the digits' Fréchet distance is me
 TARGETS = {"mixture": ((10, 20), 1 / 3), "digits": ((5, 10, 20), 1 / 2)}   # issue 10's ratios
 # sampler specs: a name of skd.sample, then ":option" (True) or ":option=value" each (see parse_method)
 AFS_VARIANTS = "ipndm:afs,unipc:afs,deis:afs,dpm_solver++_3m:afs"   # fixed grids, beside every plain sampler
-OPTIMIZED_SAMPLERS = "dpm_solver++_3m,unipc,ipndm,deis,ipndm:afs,ipndm:order=3:afs,unipc:afs"   # mixture
-DIGITS_OPTIMIZED = "unipc,unipc:order=2,deis"                    # digits, at NFE 5, 10, 20
+OPTIMIZED_SAMPLERS = ("dpm_solver++_3m,unipc,ipndm,deis,ipndm:afs,ipndm:order=3:afs,unipc:afs,"
+                      "unipc:order=2:afs")                                         # mixture
+DIGITS_OPTIMIZED = "unipc,unipc:order=2,unipc:order=2:afs"       # digits, at NFE 5, 10, 20
 QUICK = dict(budgets="5,10", batch=64, calibration=16, digits_batch=8, digits_calibration=4,
              methods="dpm_solver++_3m,unipc,ipndm,rk4,ipndm:afs", grids="logsnr,quadratic",
              optimize="dpm_solver++_3m,unipc:afs", digits_optimize="dpm_solver++_3m", digits_optimize_budgets="5,10",
@@ -208,7 +209,7 @@ def deterministic_samplers() -> list[str]:
 def parse_method(spec: str) -> tuple[str, dict, str]:
     """``"ipndm:order=3:afs"`` -> ``("ipndm", {"order": 3, "afs": True}, "ipndm[order=3, afs]")``: a
     sampler of ``skd.sample``, its options (``:name`` is True, ``:name=value`` an int when it reads
-    as one, else the text) and the row label (the plain name without options)."""
+    as one, else the text) and the row label (the name, with its options in brackets if any)."""
     name, *parts = spec.split(":")
     options = {}
     for part in parts:

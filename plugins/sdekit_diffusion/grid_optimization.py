@@ -143,8 +143,8 @@ def optimize_time_grid(sde: DiffusionSDE, score_fn: Callable, x_T: torch.Tensor,
             precision, module docstring).
         gradient: ``"auto"`` (autograd when it is the objective's gradient, differences
             otherwise), ``"autograd"`` (unchecked) or ``"differences"``.
-        options: the sampler's own options (e.g. ``order=3``, ``variant="bh2"``, ``afs=True``), passed to
-            :func:`sdekit_diffusion.sample` at every run.
+        options: the sampler's own options (e.g. ``order=3``, ``variant="bh2"``, ``afs=True``),
+            passed to :func:`sdekit_diffusion.sample` at every run.
 
     Returns:
         A float64 CPU tensor of ``N + 1`` strictly decreasing times from

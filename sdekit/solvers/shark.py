@@ -22,8 +22,8 @@ only; needs the space-time Lévy area, whose convention in diffrax,
 :math:`H = \frac1h \int_{t_0}^{t_1} (W_r - W_{t_0} - \frac{r - t_0}{h} W)\,dr`, is sdekit's.
 Adaptive (``rtol``/``atol``; ``error_order = 1``, diffrax's error order 2 = ``error_order + 1``) or
 fixed-step.
-:class:`ShARKT` (``shark_t``) moves stage 2's diffusion to :math:`t_0 + h/3` for time-dependent
-:math:`g`, which removes most of ShARK's bias in law on diffusion reverse SDEs.
+:class:`ShARKT` (``shark_t``) moves the stage diffusions to :math:`t_0 - h/2` and :math:`t_0 + h/3`
+for a time-dependent :math:`g`, which removes most of ShARK's bias in law on diffusion reverse SDEs.
 References: J. Foster, G. dos Reis & C. Strange, "High order splitting methods for SDEs satisfying
 a commutativity condition", arXiv:2210.17543 (2023), eq. (6.1); coefficients from diffrax
 ``diffrax/_solver/shark.py`` (``ShARK``) and the additive step of ``diffrax/_solver/srk.py``.
@@ -78,10 +78,10 @@ class ShARKT(ShARK):
     :math:`\lambda g' h^2` term of :math:`W`; :math:`\theta_2 = \tfrac13` gets it and
     :math:`\theta_1 = -\tfrac12` keeps :math:`H` right to this order
     (:math:`0.4 \theta_1 + 0.6 \theta_2 = 0`); only :math:`\tfrac16 \lambda^2 g_0 h^2 W` stays
-    missing, as for constant :math:`g` (``tests/test_srk.py`` checks both components). These terms lie beyond strong order 1.5 (the
-    change is :math:`O(h^{3/2})` in a stage; the strong order stays 1.5) but they bias the law:
-    a diffusion model's reverse SDE has :math:`g = \sqrt{\beta(t)}` changing fast where the score
-    is stiff (small ``t``).
+    missing, as for constant :math:`g` (``tests/test_srk.py`` checks both components). These
+    terms lie beyond strong order 1.5 (the change is :math:`O(h^{3/2})` in a stage; the strong
+    order stays 1.5) but they bias the law: a diffusion model's reverse SDE has
+    :math:`g = \sqrt{\beta(t)}` changing fast where the score is stiff (small ``t``).
 
     Measured on ``benchmarks/adaptive_sde.py``'s problem (the VP reverse SDE of the 8-d mixture,
     2000 paths, uniform grids, E log p gap against SRA1 with 4096 steps on the same path): ShARK
