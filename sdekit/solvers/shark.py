@@ -23,7 +23,8 @@ only; needs the space-time Lévy area, whose convention in diffrax,
 Adaptive (``rtol``/``atol``; ``error_order = 1``, diffrax's error order 2 = ``error_order + 1``) or
 fixed-step.
 :class:`ShARKT` (``shark_t``) moves the stage diffusions to :math:`t_0 - h/2` and :math:`t_0 + h/3`
-for a time-dependent :math:`g`, which removes most of ShARK's bias in law on diffusion reverse SDEs.
+for a time-dependent :math:`g`, which shrinks ShARK's bias in law on diffusion reverse SDEs at
+coarse steps (measured in its docstring).
 References: J. Foster, G. dos Reis & C. Strange, "High order splitting methods for SDEs satisfying
 a commutativity condition", arXiv:2210.17543 (2023), eq. (6.1); coefficients from diffrax
 ``diffrax/_solver/shark.py`` (``ShARK``) and the additive step of ``diffrax/_solver/srk.py``.
