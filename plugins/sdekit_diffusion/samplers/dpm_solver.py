@@ -60,11 +60,11 @@ quadratic grid, and it keeps sdekit equal to diffusers' ``DPMSolverMultistepSche
 step count); ``True`` at any step count; ``False`` never. ``euler_at_final=True`` makes the last
 step first order (diffusers' option of that name). With ``final_step="zero"`` the last step goes
 to :math:`\sigma = 0` and is first order, :math:`x = D_0` (diffusers' ``final_sigmas_type="zero"``).
+Global orders 2 and 3; one score call per step.
 
 The multistep ones take ``afs=True``: the analytical first step (:func:`._common.analytic_score`):
 the model output at :math:`t_0 = t_{max}` is that of standard normal data, not a score call, so a
 grid of ``N`` steps costs ``N - 1`` calls.
-Global orders 2 and 3; one score call per step.
 """
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ equal steps (57/24 for :math:`\epsilon_i` instead of 55/24); the tests show both
 
 ``order`` 1–4 (default 4, the paper's iPNDM); ``order = 1`` is DDIM. ``afs=True``: the analytical
 first step of diff-sampler (:func:`._common.analytic_score`): :math:`\epsilon_0` is the noise
-prediction of standard normal data, :math:`\sigma_0 x_0/(\alpha_0^2 + \sigma_0^2)`, not a score
+prediction of standard normal data, :math:`\sigma_0 x/(\alpha_0^2 + \sigma_0^2)` at the initial state :math:`x`, not a score
 call, so a grid of ``N`` steps costs ``N - 1`` calls. The grid needs at least 4
 steps whatever the order (the registry records one ``min_steps``, the default order's). With
 ``final_step="zero"`` the last step is the first-order one to :math:`\tilde\sigma = 0`,
