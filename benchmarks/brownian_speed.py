@@ -15,9 +15,10 @@ the tree is built with ``align=steps``, which stretches its dyadic grid so that 
 ``steps`` steps lies on it (rows ``BrownianTree(align=k)``, for the non-dyadic cases). The default
 cases hold one dyadic and one non-dyadic grid per shape.
 
-Each figure is the best of ``--repeats`` rounds, each on a fresh source (no state is reused); a
-round times every source of the case once, interleaved, so that a slow phase of a shared machine
-weighs on all rows alike.
+Each figure is the best of ``--repeats`` rounds, each on a fresh source (no path state is reused;
+the tree's per-thread scratch buffers are, as in any process that queries more than once); a
+round times every source of the case once, interleaved, in an order that rotates from round to
+round, so that a slow phase of a shared machine weighs on all rows alike.
 Target (issue 11): ``BrownianTree.increments`` over a fixed grid <= 3x ``GeneratorNoise`` per step
 at (64, 2) and at (64, 3, 32, 32).
 
@@ -56,12 +57,17 @@ def best_times(entries: dict, repeats: int, clock=time.perf_counter) -> dict[str
     """Best time (seconds, on ``clock``) of each ``entries[name] = (make_source, run)`` over
     ``repeats`` rounds, each on a fresh source, after one warm-up round. Every round runs every
     entry once, so a slow phase of a shared machine slows all of them alike instead of whichever
-    was being measured: the ratios between rows are what the figures are for."""
+    was being measured: the ratios between rows are what the figures are for. The order rotates
+    from round to round, so that no entry always runs in the cold caches the previous round's
+    last (torchsde's Python-heavy loop) leaves."""
     for make_source, run in entries.values():
         run(make_source())
     best = {name: math.inf for name in entries}
-    for _ in range(repeats):
-        for name, (make_source, run) in entries.items():
+    names = list(entries)
+    for round_ in range(repeats):
+        # rotated each round: no entry always runs first (after the previous round's slowest)
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            make_source, run = entries[name]
             source = make_source()
             start = clock()
             run(source)

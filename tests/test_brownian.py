@@ -234,6 +234,40 @@ def test_whole_grid_queries_generate_each_node_once(generated):
     assert torch.allclose(mixed[0][255:].sum(0), dyadic[0][255], rtol=0, atol=1e-14)
 
 
+def test_sparse_contraction_equals_the_products_per_point():
+    """On the CPU a query contracts the shared nodes' normals with a sparse matrix of the points'
+    coefficients; it gives the bits of the per-point products (the path off the CPU), for grids
+    that share nodes, grids that need every level, reversed grids and several element pieces."""
+    from sdekit.brownian import tree as tree_module
+
+    cases = [(BrownianTree(0.0, 1.0, (4, 3), seed=1), grid(0.0, 1.0, 64)),
+             (BrownianTree(0.0, 1.0, (5,), seed=2), grid(1.0, 0.0, 37)),
+             (BrownianTree(0.5, 2.5, (3, 3), seed=3, align=100), grid(0.5, 2.5, 100)),
+             (BrownianTree(0.0, 1.0, (2, 9), seed=4, sample_offset=3), grid(0.0, 1.0, 7))]
+    for bm, ts in cases:
+        index = bm._snap(ts)
+        keys, coef = bm._coefficients(index, bm._width(index), True)
+        assert torch.equal(bm._path(index, True), bm._path_dense(keys, coef))
+    bm, ts = cases[0]
+    index = bm._snap(ts)
+    whole = bm._path(index, True).clone()
+    tree_module._TABLE_PER_PIECE = 2 * 65 * 4   # 4 elements per piece: 3 pieces of 12 elements
+    try:
+        assert torch.equal(bm._path(index, True), whole)
+    finally:
+        tree_module._TABLE_PER_PIECE = 1 << 22
+
+
+def test_query_results_are_not_overwritten_by_later_queries():
+    """A query computes in per-thread scratch buffers; what it returns is its own."""
+    bm = BrownianTree(0.0, 1.0, (8, 2), seed=3)
+    first = bm.increments(grid(0.0, 1.0, 32), levy_area=True)
+    kept = tuple(x.clone() for x in first)
+    bm.increments(grid(0.0, 1.0, 32).flip(0), levy_area=True)
+    BrownianTree(0.0, 1.0, (8, 2), seed=4).increments(grid(0.0, 1.0, 32))
+    assert all(torch.equal(x, y) for x, y in zip(first, kept))
+
+
 def test_aligned_tree_makes_a_uniform_grid_dyadic(generated):
     """align=m lays the dyadic grid over a stretched span: the uniform grids of m, m/2, 2m steps
     need log2(2**ceil(log2 m)) levels (about one node per step), and the path keeps its law."""

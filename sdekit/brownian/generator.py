@@ -284,17 +284,19 @@ def _generation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _paired_normals(seed: int, keys: torch.Tensor, pairs: torch.Tensor, dtype: torch.dtype,
-                    planar: bool = False) -> torch.Tensor:
+                    planar: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
     """Normals of the elements ``2 q`` and ``2 q + 1`` for every pair index ``q`` in ``pairs``.
 
     ``keys`` (R,) and ``pairs`` (1 or R, Q) int64 -> (R, 2, 2 Q) (float32 or float64), element
     ``2 q + parity`` of ``pairs[..., j]`` at position ``2 j + parity``; with ``planar=True``
     (R, 2, 2, Q) instead, indexed ``[row, normal, parity, j]`` (no interleaving: the layout the
-    vectorised kernels write fastest).
+    vectorised kernels write fastest). ``out``: a contiguous tensor of that shape to write into,
+    of ``dtype`` or a wider one (the normals are computed in ``dtype`` and cast on writing).
     """
     rows, columns = keys.shape[0], pairs.shape[-1]
-    out = torch.empty((rows, 2, 2, columns) if planar else (rows, 2, columns, 2), dtype=dtype,
-                      device=keys.device)
+    if out is None:
+        out = torch.empty((rows, 2, 2, columns) if planar else (rows, 2, columns, 2), dtype=dtype,
+                          device=keys.device)
     keys = keys[:, None]
     workspace = _Workspace(min(rows * columns, _BLOCKS_PER_PIECE), dtype, keys.device)
     for row, column in _pieces(rows, columns):

@@ -2,6 +2,8 @@ r"""The virtual Brownian tree: a replayable Brownian path with its space-time LÃ
 from __future__ import annotations
 
 import math
+import threading
+import warnings
 from typing import Sequence
 
 import torch
@@ -10,13 +12,17 @@ from ..validation import positive_int
 from .generator import _elementwise_normals, _paired_normals
 from .source import Increments, accumulation_dtype, as_times, check_shape, serial
 
-# Node normals per piece of generation (float64 after the cast: 32 MiB) and gathered normals per
-# block of points (8 MiB): large enough that PyTorch's per-op overhead is a few percent of the
-# work, small enough for memory at image-sized states. Points are contracted in blocks of 32, the
-# chunk of sdekit.solve (a point's value does not depend on its block).
+# Node normals per piece of generation (float64 after the cast: 32 MiB) and output values (or,
+# off the CPU, gathered normals per block of points) per piece (8 MiB): large enough that
+# PyTorch's per-op overhead is a few percent of the work, small enough for memory at image-sized
+# states. Off the CPU points are contracted in blocks of 32, the chunk of sdekit.solve (a point's
+# value does not depend on its block).
 _TABLE_PER_PIECE = 1 << 22
-_GATHERED_PER_PIECE = 1 << 20
+_VALUES_PER_PIECE = 1 << 20
 _POINTS_PER_BLOCK = 32
+# Per-thread buffers for the temporaries of a query (see _buffer), at most 8 MiB each in float64
+_SCRATCH_PER_SLOT = 1 << 20
+_scratch = threading.local()
 
 
 def _check_align(align, depth: int) -> int | None:
@@ -30,25 +36,47 @@ def _check_align(align, depth: int) -> int | None:
     return align
 
 
+def _buffer(slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised tensor for a query's temporaries. On the CPU, up to
+    ``_SCRATCH_PER_SLOT`` elements, a view of a per-thread buffer kept between queries (valid until
+    the slot's next use): a few MiB of fresh memory are page-faulted in at every call otherwise
+    (the allocator returns freed blocks of that size to the system), which at (64, 2) cost a third
+    of a whole-grid query. Else a fresh tensor."""
+    numel = math.prod(shape)
+    if device.type != "cpu" or numel > _SCRATCH_PER_SLOT:
+        return torch.empty(shape, dtype=dtype, device=device)
+    buffers = _scratch.__dict__
+    buffer = buffers.get(slot)
+    if buffer is None or buffer.dtype != dtype or buffer.numel() < numel:
+        buffer = buffers[slot] = torch.empty(numel, dtype=dtype)
+    return buffer[:numel].view(shape)
+
+
 def _range_normals(seed: int, keys: torch.Tensor, start: int, count: int, dtype: torch.dtype) -> torch.Tensor:
     """The node normals of the elements ``start .. start + count - 1`` in the planar layout:
     ``keys`` (U,) -> (U, 2, 2 Q) (Q pairs from the pair of ``start``), indexed
     ``[node, normal, parity * Q + j]``, element ``2 (start // 2 + j) + parity``; see
-    :func:`_interleave`. Generated in float32, returned in ``dtype``."""
+    :func:`_interleave_into`. Generated in float32, returned in ``dtype``, in the ``"table"``
+    buffer (valid until the next call in the thread)."""
     first_pair = start >> 1
     n_pairs = ((start & 1) + count + 1) // 2
     pairs = torch.arange(first_pair, first_pair + n_pairs, dtype=torch.int64, device=keys.device)[None]
-    normals = _paired_normals(seed, keys, pairs, torch.float32, planar=True)
-    return normals.to(dtype).view(keys.shape[0], 2, 2 * n_pairs)
+    # Box--Muller in float32, its products cast on writing into the table
+    table = _buffer("table", (keys.shape[0], 2, 2, n_pairs), dtype, keys.device)
+    _paired_normals(seed, keys, pairs, torch.float32, planar=True, out=table)
+    return table.view(keys.shape[0], 2, 2 * n_pairs)
 
 
-def _interleave(values: torch.Tensor, start: int, count: int) -> torch.Tensor:
-    """Planar element order (as :func:`_range_normals`) -> the elements ``start .. start + count - 1``
-    in order, on the last axis."""
-    n_pairs = values.shape[-1] // 2
-    ordered = values.unflatten(-1, (2, n_pairs)).transpose(-1, -2).flatten(-2)
-    skip = start & 1
-    return ordered[..., skip:skip + count]
+def _interleave_into(dest: torch.Tensor, values: torch.Tensor, start: int) -> None:
+    """Planar element order (as :func:`_range_normals`) on the last axis of ``values`` -> the
+    elements ``start .. start + count - 1`` in order, written into ``dest`` (last axis ``count``)."""
+    count, n_pairs = dest.shape[-1], values.shape[-1] // 2
+    planar = values.unflatten(-1, (2, n_pairs)).transpose(-1, -2)  # (..., pair, parity)
+    if start & 1 == 0 and count == 2 * n_pairs:
+        dest.unflatten(-1, (n_pairs, 2)).copy_(planar)
+    else:
+        skip = start & 1
+        dest.copy_(planar.flatten(-2)[..., skip:skip + count])
 
 
 class BrownianTree:
@@ -130,8 +158,9 @@ class BrownianTree:
     at the levels above the step, none below), and ``L - log2(k)`` per step on other grids,
     whose points need every level (their grid indices are odd), unless the tree is built with
     ``align`` for that grid. Each point then sums its own
-    nodes in a fixed order (one small matrix product per point), so a point's value does not
-    depend on the other points of the query.
+    nodes in a fixed order, so a point's value does not depend on the other points of the query:
+    on the CPU as one row of a sparse matrix (the points' coefficients) times the table of node
+    normals, elsewhere as one small matrix product per point.
 
     Precision and speed: the node normals are generated in float32 (24-bit uniforms, so
     ``|Z| <= 5.9``: the law is Brownian to float32 resolution, for every ``dtype``), while ``W`` and
@@ -239,14 +268,17 @@ class BrownianTree:
         return torch.round(position.clamp(0.0, top) * scale).to(torch.int64)
 
     def _levels(self):
-        """Per-level constants (cached per device): levels, shifts, masks, sqrt(h), h*sqrt(h)."""
+        """Per-level constants (cached per device): shifts, half node lengths and heap ids of the
+        first node (in grid units), the scale from grid units to a position in a half node, and
+        sqrt(h), h*sqrt(h)."""
         cached = self._level_cache.get(self.device)
         if cached is None:
             level = torch.arange(self.depth, device=self.device, dtype=torch.int64)
             shift = self.depth - level
-            mask = (torch.ones_like(shift) << shift) - 1
+            one = torch.ones_like(shift)
             h = self._span * torch.pow(2.0, -level.to(torch.float64)).to(self._acc_dtype)
-            cached = (level, shift, mask, h.sqrt(), h * h.sqrt())
+            scale = torch.pow(2.0, (1 - shift).to(torch.float64)).to(self._acc_dtype)
+            cached = (shift, one << (shift - 1), one << level, scale, h.sqrt(), h * h.sqrt())
             self._level_cache[self.device] = cached
         return cached
 
@@ -264,97 +296,126 @@ class BrownianTree:
     def _coefficients(self, index: torch.Tensor, width: int, with_integral: bool):
         """Node ids and coefficients of ``W(t)`` (and ``K(t)``) at the grid indices ``index`` (S).
 
-        Returns ``keys`` (*S, width + 1) (the root, id 0, then levels ``0..width-1``), ``active``
-        (*S, width + 1), true where the node moves the point, and ``coef`` (*S, R, 2 (width + 1))
-        in float64, node-major (index ``2 * node + normal``). A point's active nodes are a prefix
-        (the root and its top levels), so a wider query only appends zeros to its coefficients.
+        Returns ``keys`` (*S, width + 1) (the root, id 0, then levels ``0..width-1``) and ``coef``
+        (*S, R, 2 (width + 1)) in float64, node-major (index ``2 * node + normal``). The nodes that
+        move a point are a prefix (the root and its top levels): the others have coefficient 0
+        (a point at a node's left end), so a wider query only appends zeros to its coefficients.
         """
-        level, shift, mask, sqrt_h, h_sqrt_h = (constant[:width] for constant in self._levels())
+        shift, half, first, scale, sqrt_h, h_sqrt_h = (constant[:width] for constant in self._levels())
         acc = self._acc_dtype
         rows = 2 if with_integral else 1
         idx = index[..., None]  # (*S, 1)
-        offset = idx & mask  # position of t inside its level-l node, in grid units
         keys = torch.zeros((*index.shape, width + 1), dtype=torch.int64, device=index.device)
-        keys[..., 1:] = (idx >> shift) + (torch.ones_like(level) << level)
-        active = torch.empty(keys.shape, dtype=torch.bool, device=index.device)
-        torch.ne(index, 0, out=active[..., 0])
-        torch.ne(offset, 0, out=active[..., 1:])  # t at a node's left end: not moved
-        coef = torch.empty((*index.shape, rows, 2, width + 1), dtype=acc, device=index.device)
-        y = offset.to(acc) / (mask + 1).to(acc)  # in [0, 1)
-        left = y < 0.5
-        x = torch.where(left, 2.0 * y, 2.0 * y - 1.0)
-        x1 = x * (1.0 - x)
+        torch.add(idx >> shift, first, out=keys[..., 1:])
+        offset = idx & (2 * half - 1)  # position of t inside its level-l node, in grid units
+        left = offset < half
+        x = (offset & (half - 1)).to(acc).mul_(scale)  # position in its half, in [0, 1) (exact)
+        one_minus_x = 1.0 - x
+        x1 = x * one_minus_x
         half_root3 = 0.5 * math.sqrt(3.0)
-        g1 = torch.where(left, 0.25 * x, 0.25 * (1.0 - x)) - 0.75 * x1
-        g2 = torch.where(left, half_root3 * x1, -half_root3 * x1)
+        coef = torch.empty((*index.shape, rows, width + 1, 2), dtype=acc, device=index.device)
+        g1 = torch.where(left, x, one_minus_x).mul_(0.25).sub_(x1 * 0.75)
+        g2 = torch.where(left, x1, -x1).mul_(half_root3)
         root_x = index.to(acc) / float(1 << self.depth)  # (*S,)
         root_T = self._span
         torch.mul(root_x, math.sqrt(root_T), out=coef[..., 0, 0, 0])
-        torch.mul(6.0 * root_x * (1.0 - root_x), math.sqrt(root_T / 12.0), out=coef[..., 0, 1, 0])
-        torch.mul(g1, sqrt_h, out=coef[..., 0, 0, 1:])
-        torch.mul(g2, sqrt_h, out=coef[..., 0, 1, 1:])
+        torch.mul(6.0 * root_x * (1.0 - root_x), math.sqrt(root_T / 12.0), out=coef[..., 0, 0, 1])
+        torch.mul(g1, sqrt_h, out=coef[..., 0, 1:, 0])
+        torch.mul(g2, sqrt_h, out=coef[..., 0, 1:, 1])
         if with_integral:
             x2 = x * x
-            f1 = torch.where(left, -x * x1, (1.0 - x) * x1) * 0.125
+            f1 = torch.where(left, -x * x1, one_minus_x * x1) * 0.125
             f2 = torch.where(left, x2 / 2.0 - x2 * x / 3.0, 1.0 / 6.0 - x2 / 2.0 + x2 * x / 3.0)
             f2 = f2 * (0.5 * half_root3)
             rx2 = root_x * root_x
             torch.mul(rx2 / 2.0 * root_T, math.sqrt(root_T), out=coef[..., 1, 0, 0])
             torch.mul((3.0 * rx2 - 2.0 * rx2 * root_x) * root_T, math.sqrt(root_T / 12.0),
-                      out=coef[..., 1, 1, 0])
-            torch.mul(f1, h_sqrt_h, out=coef[..., 1, 0, 1:])
-            torch.mul(f2, h_sqrt_h, out=coef[..., 1, 1, 1:])
-        return keys, active, coef.transpose(-1, -2).flatten(-2)
+                      out=coef[..., 1, 0, 1])
+            torch.mul(f1, h_sqrt_h, out=coef[..., 1, 1:, 0])
+            torch.mul(f2, h_sqrt_h, out=coef[..., 1, 1:, 1])
+        return keys, coef.flatten(-2)
 
     def _path(self, index: torch.Tensor, with_integral: bool) -> torch.Tensor:
         """``W(t)`` (and ``K(t)``) at the grid indices ``index`` (P,) for all elements: (R, P, n)."""
         width = self._width(index)
-        keys, active, coef = self._coefficients(index, width, with_integral)  # (P, w+1), (P, R, 2w+2)
+        keys, coef = self._coefficients(index, width, with_integral)  # (P, w+1), (P, R, 2w+2)
+        if self.device.type != "cpu":
+            return self._path_dense(keys, coef)
         points, nodes = keys.shape
-        if self.device.type == "cpu":
-            # Level-major, the active nodes of monotone points are monotone within each level:
-            # unique_consecutive (no sort) finds the nodes they share. Inactive entries point at
-            # row 0 (their coefficients are 0).
-            level_major = active.T
-            unique, inverse = torch.unique_consecutive(keys.T[level_major], return_inverse=True)
-            rows = torch.zeros((nodes, points), dtype=torch.int64)
-            rows[level_major] = inverse
-            rows = rows.T.reshape(-1)
-        else:
-            unique, rows = keys.reshape(-1), None
+        rows = coef.shape[1]
+        n, acc = self._n_elements, self._acc_dtype
+        if not bool(index.any()):  # every point at t0
+            return torch.zeros((rows, points, n), dtype=acc)
+        # The nodes that move each point (level-major, a prefix of each column): those of
+        # monotone points are monotone within a level, so unique_consecutive (no sort) finds the
+        # nodes they share, numbered level by level. A point's other entries (coefficient 0)
+        # repeat its deepest node, so that its nodes stay in increasing order.
+        _, half, *_ = self._levels()
+        active = torch.empty((nodes, points), dtype=torch.bool)
+        torch.ne(index, 0, out=active[0])
+        torch.ne(index & (2 * half[:width, None] - 1), 0, out=active[1:])
+        unique, inverse = torch.unique_consecutive(keys.T[active], return_inverse=True)
+        node_of = torch.zeros((nodes, points), dtype=torch.int64)
+        node_of[active] = inverse
+        node_of = node_of.cummax(0).values
+        # The sparse (R P, 2 U) matrix of the points' coefficients: row r P + p holds point p's
+        # nodes in level order (column 2 u + normal of unique node u), so each row is the
+        # per-point sum in a fixed order whatever the other points of the query are.
+        columns = (2 * node_of.T[:, :, None] + torch.arange(2)).reshape(-1)
+        per_row = 2 * nodes
+        crow = torch.arange(0, rows * points * per_row + 1, per_row, dtype=torch.int64)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            matrix = torch.sparse_csr_tensor(crow, columns.repeat(rows), coef.transpose(0, 1).reshape(-1),
+                                             size=(rows * points, 2 * unique.numel()),
+                                             check_invariants=False)
+        out = _buffer("values", (rows, points, n), acc, self.device)
+        # Elements per piece: the node table (U, 2, e) and the piece's output (R P, e) bounded.
+        per_piece = max(2, min(_TABLE_PER_PIECE // (2 * unique.numel()),
+                               _VALUES_PER_PIECE // (rows * points)) // 2 * 2)
+        for start in range(0, n, per_piece):
+            count = min(per_piece, n - start)
+            table = _range_normals(self.seed, unique, self._first_element + start, count, acc)
+            table = table.view(2 * unique.numel(), -1)
+            piece = _buffer("product", (rows * points, table.shape[1]), acc, self.device)
+            torch.mm(matrix, table, out=piece)
+            _interleave_into(out[:, :, start:start + count], piece.view(rows, points, -1),
+                             self._first_element + start)
+        return out
+
+    def _path_dense(self, keys: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        """:meth:`_path` off the CPU: every node of every point (no sharing, which needs
+        data-dependent shapes), one small matrix product per point: (R, P, n)."""
+        points, nodes = keys.shape
         n, acc = self._n_elements, self._acc_dtype
         out = torch.empty((points, coef.shape[1], n), dtype=acc, device=self.device)
-        if unique.numel() == 0:  # every point at t0
-            return out.zero_().movedim(1, 0)
-        # Elements per piece: the node table (U, 2, e) and one block's gathered normals bounded.
+        # Elements per piece: the node table (U, 2, e) and one block's normals bounded.
         block = min(points, _POINTS_PER_BLOCK)
+        unique = keys.reshape(-1)
         per_piece = max(2, min(_TABLE_PER_PIECE // (2 * unique.numel()),
-                               _GATHERED_PER_PIECE // (2 * block * nodes)) // 2 * 2)
+                               _VALUES_PER_PIECE // (2 * block * nodes)) // 2 * 2)
         for start in range(0, n, per_piece):
             count = min(per_piece, n - start)
             table = _range_normals(self.seed, unique, self._first_element + start, count, acc)
             for p0 in range(0, points, block):
                 p1 = min(points, p0 + block)
-                if rows is None:
-                    normals = table[p0 * nodes:p1 * nodes]
-                else:
-                    normals = table.index_select(0, rows[p0 * nodes:p1 * nodes])
+                normals = table[p0 * nodes:p1 * nodes]
                 values = torch.bmm(coef[p0:p1], normals.view(p1 - p0, 2 * nodes, -1))
-                out[p0:p1, :, start:start + count] = _interleave(values, self._first_element + start, count)
+                _interleave_into(out[p0:p1, :, start:start + count], values, self._first_element + start)
         return out.movedim(1, 0)
 
     def _path_per_sample(self, index: torch.Tensor) -> torch.Tensor:
         """``W`` and ``K`` at two points per sample, ``index`` (B, 2), each sample on its own
         elements: (2, B, 2, per_sample) (rows W, K)."""
         width = self._width(index)
-        keys, _, coef = self._coefficients(index, width, True)  # (B, 2, w+1), (B, 2, 2, 2w+2)
+        keys, coef = self._coefficients(index, width, True)  # (B, 2, w+1), (B, 2, 2, 2w+2)
         batch, m, nodes = index.shape[0], self._per_sample, width + 1
         acc = self._acc_dtype
         first = self._first_element
         out = torch.empty((batch, 2, 2, m), dtype=acc, device=self.device)
         # Samples per piece: their 2 (w + 1) nodes' normals stay in cache (the work per sample is
         # O(depth) arrays; unchunked, large batches run at memory speed).
-        per_piece = max(1, _GATHERED_PER_PIECE // (8 * nodes * m))
+        per_piece = max(1, _VALUES_PER_PIECE // (8 * nodes * m))
         aligned = m % 2 == 0 and first % 2 == 0  # every sample's elements start a Philox pair
         for b0 in range(0, batch, per_piece):
             b1 = min(batch, b0 + per_piece)
