@@ -7,7 +7,8 @@ motion ``B_s = W(-s)``, which is the reverse-time Itô scheme diffusion samplers
 (``x_{n+1} = x_n - f \\Delta + g \\sqrt{\\Delta} z`` for Euler–Maruyama).
 
 Fixed-step solves precompute the time grid, take Brownian increments in chunks of
-``CHUNK`` steps, and look for non-finite states once per chunk (one host sync per chunk, none per
+``CHUNK`` steps (a ``BrownianTree`` in blocks of many chunks, ``BrownianTree.grid_block``), and look
+for non-finite states once per chunk (one host sync per chunk, none per
 step); when a chunk ends non-finite it is replayed step by step to name the first bad step.
 
 Adaptive solves (``rtol``/``atol``, or a ready ``controller``) run one of two loops — one step size
@@ -345,12 +346,19 @@ def _solve_fixed(problem: _Prepared, solver: Solver, x0, grid, save_mask, noise,
     bar = _progress_bar(progress, n, "step")
     x = x0
     state = solver.init(problem, times[0], x0)
+    # a Brownian tree is queried in blocks of many chunks (its values do not depend on the split)
+    block = noise.grid_block(CHUNK) if hasattr(noise, "grid_block") else CHUNK
+    block_stop = 0
     for start in range(0, n, CHUNK):
         stop = min(start + CHUNK, n)
         x_start, state_start = x, state
         dW = H = None
         if noise is not None:
-            dW, H = noise.increments(grid[start:stop + 1], levy_area=levy)
+            if start >= block_stop:
+                block_start, block_stop = start, min(start + block, n)
+                block_dW, block_H = noise.increments(grid[block_start:block_stop + 1], levy_area=levy)
+            dW = block_dW[start - block_start:stop - block_start]
+            H = None if block_H is None else block_H[start - block_start:stop - block_start]
         for i in range(start, stop):
             increment = None if dW is None else Increment(dts[i], dW[i - start], None if H is None else H[i - start])
             x, _, state = solver.step(problem, times[i], times[i + 1], x, increment, state)

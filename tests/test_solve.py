@@ -126,3 +126,40 @@ def test_core_does_not_import_the_plugin():
     root = pathlib.Path(sdekit.__file__).parent
     for path in root.rglob("*.py"):
         assert "sdekit_diffusion" not in path.read_text(), path
+
+
+def test_a_tree_is_queried_in_blocks_of_chunks_with_the_values_of_chunked_queries(monkeypatch):
+    """A fixed-step solve queries a BrownianTree in blocks of many 32-step chunks (grid_block):
+    the same solution, bit for bit, as one query per chunk, in fewer queries."""
+    from sdekit.solve import CHUNK
+
+    assert sdekit.BrownianTree(0.0, 1.0, (64, 2)).grid_block(CHUNK) == 8192
+    assert sdekit.BrownianTree(0.0, 1.0, (64, 3, 32, 32)).grid_block(CHUNK) == CHUNK
+    assert sdekit.BrownianTree(0.0, 1.0, (1000, 10)).grid_block(CHUNK) == 96
+
+    class Additive(OU):
+        noise_type = "additive"
+
+    calls = []
+    original = sdekit.BrownianTree.increments
+
+    def counted(self, ts, levy_area=False):
+        calls.append(ts.shape[0] - 1)
+        return original(self, ts, levy_area)
+
+    monkeypatch.setattr(sdekit.BrownianTree, "increments", counted)
+    for problem, solver in ((OU(), "euler_maruyama"), (Additive(), "sra1")):
+        def solve():
+            tree = sdekit.BrownianTree(0.0, 1.0, X0.shape, seed=5)
+            return sdekit.solve(problem, X0, 0.0, 1.0, solver=solver, steps=100, brownian=tree).x
+
+        calls.clear()
+        blocks = solve()
+        assert calls == [100]
+        monkeypatch.setattr(sdekit.BrownianTree, "grid_block", lambda self, chunk: chunk)
+        calls.clear()
+        chunks = solve()
+        assert calls == [32, 32, 32, 4]
+        assert torch.equal(blocks, chunks)
+        monkeypatch.undo()
+        monkeypatch.setattr(sdekit.BrownianTree, "increments", counted)

@@ -20,6 +20,8 @@ from .source import Increments, accumulation_dtype, as_times, check_shape, seria
 _TABLE_PER_PIECE = 1 << 22
 _VALUES_PER_PIECE = 1 << 20
 _POINTS_PER_BLOCK = 32
+# Increments per query of a fixed grid walked in chunks (BrownianTree.grid_block: 8 MiB in float64)
+_GRID_BLOCK_VALUES = 1 << 20
 # Per-thread buffers for the temporaries of a query (see _buffer), at most 8 MiB each in float64
 _SCRATCH_PER_SLOT = 1 << 20
 _scratch = threading.local()
@@ -214,6 +216,14 @@ class BrownianTree:
                 f"dtype={self.dtype}, depth={self.depth}, sample_offset={self.sample_offset}{align})")
 
     # -- public API ----------------------------------------------------------------------------
+
+    def grid_block(self, chunk: int) -> int:
+        """Grid steps worth querying in one call when a solver walks a fixed grid ``chunk`` steps
+        at a time: the largest multiple of ``chunk`` whose increments take at most
+        ``_GRID_BLOCK_VALUES`` values (2**20, 8 MiB in float64; at least ``chunk`` steps). One
+        query of many chunks generates the nodes they share once (see "Grid queries"), and the
+        values do not depend on how a grid is split into queries."""
+        return chunk * max(1, _GRID_BLOCK_VALUES // (chunk * self._n_elements))
 
     def __call__(self, ta, tb) -> torch.Tensor:
         """``W(tb) - W(ta)`` for scalar times (floats or 0-d tensors), shape ``self.shape``."""

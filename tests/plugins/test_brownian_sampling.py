@@ -139,3 +139,14 @@ def test_brownian_that_cannot_drive_the_sampler_is_refused():
     # a tree on a wider interval is fine: t_min above sde.t_min
     wide = run(sde, score, x_T, "ancestral", {}, path, t_min=0.1)
     assert wide.shape == x_T.shape
+
+
+@pytest.mark.parametrize("solver, options", [("ddim", dict(eta=1.0)), ("dpm_solver++_2m_sde", {}),
+                                             ("dpm_solver++_3m_sde", {})])
+def test_path_noise_blocks_do_not_change_the_samples(solver, options, monkeypatch):
+    """PathNoise queries the tree tree.grid_block(32) steps at a time (here the whole grid); with
+    one query per 32 steps the samples are the same, bit for bit."""
+    sde, score, x_T = problem()
+    blocks = run(sde, score, x_T, solver, options, tree(sde, 3), steps=70)
+    monkeypatch.setattr(sdekit.BrownianTree, "grid_block", lambda self, chunk: chunk)
+    assert torch.equal(run(sde, score, x_T, solver, options, tree(sde, 3), steps=70), blocks)

@@ -86,7 +86,7 @@ class NormalStream:
         return self.noise.increments(self._unit)[0][0]
 
 
-NOISE_CHUNK = 32   # grid steps per Brownian-tree query, as the core's fixed-step solve loop
+NOISE_CHUNK = 32   # the chunk of a Brownian-tree query's block, as the core's fixed-step solve loop
 PATH_SEED_TAG = 0xAD5DE  # seed of a sampler's own Brownian path: seed + 2**64 * PATH_SEED_TAG
 NOISES = ("path", "fresh")   # noise= of samplers that draw from a Brownian path by default
 
@@ -143,7 +143,8 @@ def sampler_path(ctx: "Context", x: torch.Tensor, noise: str, low: float, high: 
 class PathNoise:
     r"""The standard normals of the grid steps from one Brownian path:
     :math:`z_i = (W(t_{i+1}) - W(t_i))/\sqrt{|t_{i+1} - t_i|}` for step ``i`` of ``ts``, from
-    ``tree`` (a :class:`sdekit.BrownianTree`), queried ``NOISE_CHUNK`` steps at a time.
+    ``tree`` (a :class:`sdekit.BrownianTree`), queried ``tree.grid_block(NOISE_CHUNK)`` steps at a
+    time (the values do not depend on it).
 
     With ``splits = n``, :meth:`split` gives ``n`` more normals per step, independent of every
     :math:`z_i` and of each other: :math:`\sqrt{12/h_k}\, H_k` with :math:`H_k` the space-time
@@ -155,6 +156,7 @@ class PathNoise:
 
     def __init__(self, tree, ts: torch.Tensor, splits: int = 0):
         self.tree, self.ts, self.splits = tree, ts, splits
+        self.block = tree.grid_block(NOISE_CHUNK)   # grid steps per query
         self.scale = torch.rsqrt((ts[:-1] - ts[1:]).abs()).to(tree.dtype)
         self.start, self.chunk = 0, None
         if splits:
@@ -166,18 +168,18 @@ class PathNoise:
 
     def __call__(self, i: int) -> torch.Tensor:
         """:math:`z_i` (shape ``tree.shape``)."""
-        if self.chunk is None or not self.start <= i < self.start + NOISE_CHUNK:
+        if self.chunk is None or not self.start <= i < self.start + self.block:
             self.start = i
-            self.chunk = self.tree.increments(self.ts[i:i + NOISE_CHUNK + 1])[0]
+            self.chunk = self.tree.increments(self.ts[i:i + self.block + 1])[0]
         return self.chunk[i - self.start] * self.scale[i]
 
     def split(self, i: int, k: int) -> torch.Tensor:
         """The ``k``-th Lévy-area normal of step ``i`` (``0 <= k < splits``)."""
         j = i * self.splits + k
-        if self.split_chunk is None or not self.split_start <= j < self.split_start + NOISE_CHUNK * self.splits:
+        block = self.block * self.splits
+        if self.split_chunk is None or not self.split_start <= j < self.split_start + block:
             self.split_start = j
-            self.split_chunk = self.tree.increments(
-                self.points[j:j + NOISE_CHUNK * self.splits + 1], levy_area=True)[1]
+            self.split_chunk = self.tree.increments(self.points[j:j + block + 1], levy_area=True)[1]
         return self.split_chunk[j - self.split_start] * self.split_scale[j]
 
 

@@ -55,9 +55,9 @@ grid), so the same seed at 20 and at 40 steps sees the same path and gives nearl
 monotone time gives a standard normal :math:`z_i` of the same law, and the discrete noise
 :math:`\sigma_{i+1}\sqrt{2\eta h_i}\,z_i \approx \sigma\sqrt{2\eta |d\lambda/dt|}\,\Delta W`
 converges to one Itô integral as the grid refines); or the tree given as ``sample(...,
-brownian=tree)``, to run on the path another sampler sees. Increments are drawn in chunks of
-``NOISE_CHUNK`` steps (:class:`~sdekit_diffusion.samplers._common.PathNoise`: one query, and on
-CUDA one host sync of the tree's time check, per chunk).
+brownian=tree)``, to run on the path another sampler sees. Increments are drawn in blocks of
+``tree.grid_block(NOISE_CHUNK)`` steps (:class:`~sdekit_diffusion.samplers._common.PathNoise`: one
+query, and on CUDA one host sync of the tree's time check, per block).
 The path's seed is ``seed + 2**64 * PATH_SEED_TAG``, that of ``adaptive_sde``, so with the default
 ``t_min`` (the same tree interval) both samplers see the same path for one seed. ``"fresh"``: independent per-sample normals at every step
 (k-diffusion's ``default_noise_sampler``).
