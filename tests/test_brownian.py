@@ -484,3 +484,27 @@ def test_tree_on_cuda_matches_cpu():
     gpu = BrownianTree(0.0, 1.0, (8, 2), seed=1, device="cuda").increments(ts.cuda(), levy_area=True)
     assert torch.allclose(gpu[0].cpu(), cpu[0], atol=1e-5)
     assert torch.allclose(gpu[1].cpu(), cpu[1], atol=1e-5)
+
+
+def test_sources_work_in_and_out_of_inference_mode(monkeypatch):
+    """The per-thread scratch buffers are normal tensors even when made under
+    torch.inference_mode: a query there and one outside it (on the same tree, in either order)
+    give the same values."""
+    import threading
+
+    from sdekit.brownian import generator, tree as tree_module
+
+    monkeypatch.setattr(tree_module, "_scratch", threading.local())   # buffers made below
+    monkeypatch.setattr(generator._Workspace, "_cpu", threading.local())
+    ts = grid(0.0, 1.0, 40)
+    bm = BrownianTree(0.0, 1.0, (6, 3), seed=11)
+    with torch.inference_mode():
+        inside = bm.increments(ts, levy_area=True)
+        fresh_inside = PerSampleNoise((6, 3), seed=2).increments(ts, levy_area=True)
+    outside = bm.increments(ts, levy_area=True)
+    fresh_outside = PerSampleNoise((6, 3), seed=2).increments(ts, levy_area=True)
+    with torch.inference_mode():
+        again = bm.increments(ts, levy_area=True)
+    for a, b, c in zip(inside, outside, again):
+        assert torch.equal(a, b) and torch.equal(b, c)
+    assert all(torch.equal(a, b) for a, b in zip(fresh_inside, fresh_outside))

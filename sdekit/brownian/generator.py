@@ -226,7 +226,8 @@ class _Workspace:
     On the CPU they are kept per thread and grown on demand (at most ``_BLOCKS_PER_PIECE`` blocks:
     9 MiB in float32, 12 MiB in float64): a few MiB of fresh memory per call would otherwise be
     page-faulted in at every call (the allocator returns a freed block of that size to the
-    system), which on a small VM costs as much as the arithmetic.
+    system), which on a small VM costs as much as the arithmetic. They are normal tensors even when
+    made under ``torch.inference_mode`` (an inference tensor cannot be written outside it).
     """
 
     _cpu = threading.local()
@@ -234,10 +235,11 @@ class _Workspace:
     def __init__(self, blocks: int, dtype: torch.dtype, device: torch.device):
         cached = getattr(self._cpu, "buffers", {}) if device.type == "cpu" else {}
         words, floats = cached.get(torch.int64), cached.get(dtype)
-        if words is None or words[0].numel() < 2 * blocks:
-            words = tuple(torch.empty(2 * blocks, dtype=torch.int64, device=device) for _ in range(3))
-        if floats is None or floats[0].numel() < 2 * blocks:
-            floats = tuple(torch.empty(2 * blocks, dtype=dtype, device=device) for _ in range(3))
+        with torch.inference_mode(False):
+            if words is None or words[0].numel() < 2 * blocks:
+                words = tuple(torch.empty(2 * blocks, dtype=torch.int64, device=device) for _ in range(3))
+            if floats is None or floats[0].numel() < 2 * blocks:
+                floats = tuple(torch.empty(2 * blocks, dtype=dtype, device=device) for _ in range(3))
         if device.type == "cpu":
             self._cpu.buffers = {**cached, torch.int64: words, dtype: floats}
         self.words, self.floats = words, floats

@@ -50,7 +50,8 @@ def _buffer(slot: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch
     buffers = _scratch.__dict__
     buffer = buffers.get(slot)
     if buffer is None or buffer.dtype != dtype or buffer.numel() < numel:
-        buffer = buffers[slot] = torch.empty(numel, dtype=dtype)
+        with torch.inference_mode(False):   # a normal tensor: writable in and out of inference mode
+            buffer = buffers[slot] = torch.empty(numel, dtype=dtype)
     return buffer[:numel].view(shape)
 
 
