@@ -508,3 +508,31 @@ def test_sources_work_in_and_out_of_inference_mode(monkeypatch):
     for a, b, c in zip(inside, outside, again):
         assert torch.equal(a, b) and torch.equal(b, c)
     assert all(torch.equal(a, b) for a, b in zip(fresh_inside, fresh_outside))
+
+
+def test_per_sample_queries_reuse_the_points_of_the_last_one(monkeypatch):
+    """An adaptive loop's per-sample queries start where the last one ended (accepted) or began
+    (rejected): those points come from the last query, the values are a fresh tree's, bit for
+    bit, and only the new points are computed."""
+    computed = []
+    original = BrownianTree._points_per_sample
+
+    def counting(self, samples, index):
+        computed.append(index.numel())
+        return original(self, samples, index)
+
+    monkeypatch.setattr(BrownianTree, "_points_per_sample", counting)
+    generator = torch.Generator().manual_seed(4)
+    for shape, offset in (((9, 2), 0), ((7, 3), 2)):      # paired and elementwise normals
+        batch = shape[0]
+        bm = BrownianTree(1.0, 0.0, shape, seed=8, sample_offset=offset)
+        ta = torch.ones(batch, dtype=F64)
+        computed.clear()
+        for step in range(5):
+            tb = (ta - 0.1 * torch.rand(batch, generator=generator, dtype=F64)).clamp(min=0.0)
+            reused = bm.increments_per_sample(ta, tb)
+            fresh = BrownianTree(1.0, 0.0, shape, seed=8, sample_offset=offset).increments_per_sample(ta, tb)
+            assert torch.equal(reused[0], fresh[0]) and torch.equal(reused[1], fresh[1])
+            accepted = torch.rand(batch, generator=generator) < 0.6
+            ta = torch.where(accepted, tb, ta)
+        assert computed[::2] == [2 * batch] + [batch] * 4     # the fresh trees' calls between

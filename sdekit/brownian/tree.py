@@ -87,7 +87,8 @@ class BrownianTree:
 
     The path is a deterministic function of ``(seed, t)``: querying a fine grid and then a coarse
     one gives the same values as the reverse order, so one path can be solved at many step sizes.
-    Memory is O(1) between queries.
+    Memory is O(1) between queries, but for the point values of the last per-sample query (see
+    :meth:`increments_per_sample`).
 
     Args:
         t0, t1: the interval (``t1 < t0`` is allowed; the tree lives on the sorted interval and
@@ -210,6 +211,7 @@ class BrownianTree:
         self._acc_dtype = accumulation_dtype(self.device)
         self._tolerance = 1e-9 * self._length + 1e-12 * max(abs(t0), abs(t1))
         self._level_cache: dict[torch.device, tuple] = {}
+        self._last_per_sample = None   # (index, values) of the last per-sample query (CPU)
 
     def __repr__(self) -> str:
         align = "" if self.align is None else f", align={self.align}"
@@ -251,6 +253,11 @@ class BrownianTree:
         ``self.shape``; each sample's values equal those a full-batch :meth:`increments` query over
         the same interval gives for that sample (element indices are global). ``H`` is always
         returned (computing it is cheap here).
+
+        On the CPU the tree keeps the point values of the last such query (two per sample): a
+        point that repeats one of them (an adaptive step starting where the last one ended, or
+        where it began, after a rejection) is not computed again, so an adaptive loop pays for
+        about one new point per sample and step. The values are the same either way.
         """
         batch = self.shape[0]
         ta = torch.as_tensor(ta, device=self.device).reshape(-1)
@@ -259,9 +266,26 @@ class BrownianTree:
             raise ValueError(f"ta and tb must have shape ({batch},) (shape[0] of the tree), got "
                              f"{tuple(ta.shape)} and {tuple(tb.shape)}")
         index = self._snap(torch.stack((ta, tb), dim=1).reshape(-1)).reshape(batch, 2)
+        m = self._per_sample
+        values = torch.empty((batch, 2, 2, m), dtype=self._acc_dtype, device=self.device)  # [b, point, W/K]
+        last = self._last_per_sample
+        if last is None:   # every point (no host sync)
+            samples = torch.arange(batch, device=self.device).repeat_interleave(2)
+            points = torch.arange(2, device=self.device).repeat(batch)
+        else:   # an adaptive loop's steps start where the last query ended (or began, if rejected)
+            last_index, last_values = last
+            need = torch.ones((batch, 2), dtype=torch.bool)
+            for q in (1, 0):
+                for p in (0, 1):
+                    match = need[:, p] & (index[:, p] == last_index[:, q])
+                    values[:, p][match] = last_values[:, q][match]
+                    need[:, p] &= ~match
+            samples, points = need.nonzero(as_tuple=True)
         with serial(self.device, self._n_elements):
-            values = self._path_per_sample(index)  # (2, batch, 2, per_sample)
-        dW, H = self._finish(values.permute(0, 2, 1, 3), index.T, True, (batch, self._per_sample))
+            values[samples, points] = self._points_per_sample(samples, index[samples, points])
+        if self.device.type == "cpu":
+            self._last_per_sample = (index, values)
+        dW, H = self._finish(values.permute(2, 1, 0, 3), index.T, True, (batch, m))
         return dW[0].reshape(self.shape), H[0].reshape(self.shape)
 
     # -- internals -----------------------------------------------------------------------------
@@ -415,38 +439,38 @@ class BrownianTree:
                 _interleave_into(out[p0:p1, :, start:start + count], values, self._first_element + start)
         return out.movedim(1, 0)
 
-    def _path_per_sample(self, index: torch.Tensor) -> torch.Tensor:
-        """``W`` and ``K`` at two points per sample, ``index`` (B, 2), each sample on its own
-        elements: (2, B, 2, per_sample) (rows W, K)."""
+    def _points_per_sample(self, samples: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``W`` and ``K`` at the grid indices ``index`` (K,), each on the elements of its sample
+        ``samples`` (K,) only: (K, 2, per_sample) (rows W, K)."""
         width = self._width(index)
-        keys, coef = self._coefficients(index, width, True)  # (B, 2, w+1), (B, 2, 2, 2w+2)
-        batch, m, nodes = index.shape[0], self._per_sample, width + 1
+        keys, coef = self._coefficients(index, width, True)  # (K, w+1), (K, 2, 2w+2)
+        count, m, nodes = index.shape[0], self._per_sample, width + 1
         acc = self._acc_dtype
         first = self._first_element
-        out = torch.empty((batch, 2, 2, m), dtype=acc, device=self.device)
-        # Samples per piece: their 2 (w + 1) nodes' normals stay in cache (the work per sample is
+        out = torch.empty((count, 2, m), dtype=acc, device=self.device)
+        # Points per piece: their (w + 1) nodes' normals stay in cache (the work per point is
         # O(depth) arrays; unchunked, large batches run at memory speed).
-        per_piece = max(1, _VALUES_PER_PIECE // (8 * nodes * m))
+        per_piece = max(1, _VALUES_PER_PIECE // (4 * nodes * m))
         aligned = m % 2 == 0 and first % 2 == 0  # every sample's elements start a Philox pair
-        for b0 in range(0, batch, per_piece):
-            b1 = min(batch, b0 + per_piece)
-            samples = torch.arange(b0, b1, dtype=torch.int64, device=self.device)[:, None]
-            node_keys = keys[b0:b1].reshape(-1)  # (b 2 (w+1),)
+        for k0 in range(0, count, per_piece):
+            k1 = min(count, k0 + per_piece)
+            owners = samples[k0:k1, None]
+            node_keys = keys[k0:k1].reshape(-1)  # (k (w+1),)
             if aligned:  # pairs of each sample's elements, planar: (rows, 2, 2, m/2)
-                pairs = (first // 2 + samples * (m // 2)
+                pairs = (first // 2 + owners * (m // 2)
                          + torch.arange(m // 2, dtype=torch.int64, device=self.device))
-                normals = _paired_normals(self.seed, node_keys, pairs.repeat_interleave(2 * nodes, dim=0),
+                normals = _paired_normals(self.seed, node_keys, pairs.repeat_interleave(nodes, dim=0),
                                           torch.float32, planar=True)
             else:
-                elements = first + samples * m + torch.arange(m, dtype=torch.int64, device=self.device)
-                normals = _elementwise_normals(self.seed, node_keys, elements.repeat_interleave(2 * nodes, dim=0),
+                elements = first + owners * m + torch.arange(m, dtype=torch.int64, device=self.device)
+                normals = _elementwise_normals(self.seed, node_keys, elements.repeat_interleave(nodes, dim=0),
                                                torch.float32)
-            normals = normals.to(acc).view((b1 - b0) * 2, 2 * nodes, m)
-            values = torch.bmm(coef[b0:b1].flatten(0, 1), normals)  # (b 2, 2, m)
+            normals = normals.to(acc).view(k1 - k0, 2 * nodes, m)
+            values = torch.bmm(coef[k0:k1], normals)  # (k, 2, m)
             if aligned:
                 values = values.view(-1, 2, 2, m // 2).transpose(-1, -2).reshape(-1, 2, m)
-            out[b0:b1] = values.view(b1 - b0, 2, 2, m)
-        return out.permute(2, 0, 1, 3)
+            out[k0:k1] = values
+        return out
 
     def _finish(self, values: torch.Tensor, index: torch.Tensor, levy_area: bool,
                 shape: tuple[int, ...]) -> Increments:
