@@ -136,6 +136,8 @@ def test_a_tree_is_queried_in_blocks_of_chunks_with_the_values_of_chunked_querie
     assert sdekit.BrownianTree(0.0, 1.0, (64, 2)).grid_block(CHUNK) == 8192
     assert sdekit.BrownianTree(0.0, 1.0, (64, 3, 32, 32)).grid_block(CHUNK) == CHUNK
     assert sdekit.BrownianTree(0.0, 1.0, (1000, 10)).grid_block(CHUNK) == 96
+    with pytest.raises(ValueError, match="chunk"):
+        sdekit.BrownianTree(0.0, 1.0, (64, 2)).grid_block(0)
 
     class Additive(OU):
         noise_type = "additive"

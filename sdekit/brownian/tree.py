@@ -226,6 +226,7 @@ class BrownianTree:
         ``_GRID_BLOCK_VALUES`` values (2**20, 8 MiB in float64; at least ``chunk`` steps). One
         query of many chunks generates the nodes they share once (see "Grid queries"), and the
         values do not depend on how a grid is split into queries."""
+        chunk = positive_int(chunk, "chunk (grid steps a solver takes between noise checks)")
         return chunk * max(1, _GRID_BLOCK_VALUES // (chunk * self._n_elements))
 
     def __call__(self, ta, tb) -> torch.Tensor:
