@@ -27,7 +27,9 @@ The optimized grid (``skd.optimize_time_grid(sde, score_fn, x_calibration, B, so
 calibrated on a *different* batch of prior draws (``--calibration`` samples, another seed) than the
 one scored, for the samplers of ``--optimize`` (mixture, every budget) and ``--digits-optimize``
 (digits, NFE 5, 10, 20: the U-Net's calibration costs ``--digits-evaluations`` runs of the sampler);
-its cost (seconds, score calls) is stored.
+its cost (seconds, score calls) is stored. The ``learned`` rows (``--learn``, mixture, every budget;
+``--digits-learn``, NFE 5, 10, 20) run iPNDM with the grid *and* per-step coefficients of
+``skd.optimize_coefficients``, calibrated the same way.
 
 ``twins``: each peer that has an sdekit implementation of the same method (``Peer.twin``) is run at
 ``--twin-nfe`` steps on its own grid, and so is the sdekit twin on that grid (``ts=``) with the
@@ -81,9 +83,13 @@ AFS_VARIANTS = "ipndm:afs,unipc:afs,deis:afs,dpm_solver++_3m:afs"   # fixed grid
 OPTIMIZED_SAMPLERS = ("dpm_solver++_3m,unipc,ipndm,deis,ipndm:afs,ipndm:order=3:afs,unipc:afs,"
                       "unipc:order=2:afs")                                         # mixture
 DIGITS_OPTIMIZED = "unipc,unipc:order=2,unipc:order=2:afs"       # digits, at NFE 5, 10, 20
+LEARNED = "ipndm:order=4:afs,ipndm:order=3:afs"   # mixture: skd.optimize_coefficients's options
+DIGITS_LEARNED = "ipndm:order=3:afs"               # digits, at --digits-optimize-budgets
+TUNED = ("optimized", "learned")   # rows calibrated on x_calibration: grid only, grid and coefficients
 QUICK = dict(budgets="5,10", batch=64, calibration=16, digits_batch=8, digits_calibration=4,
              methods="dpm_solver++_3m,unipc,ipndm,rk4,ipndm:afs", grids="logsnr,quadratic",
              optimize="dpm_solver++_3m,unipc:afs", digits_optimize="dpm_solver++_3m", digits_optimize_budgets="5,10",
+             learn="ipndm:order=4:afs", digits_learn="ipndm:order=2", learn_evaluations=30, digits_learn_evaluations=30,
              evaluations=20, digits_evaluations=6, peers="diffusers DPMSolverMultistep 3M (trailing),"
              "diffusers UniPCMultistep bh2 order 2 (trailing),diffusers IPNDM (quadratic)",
              reference_steps=200, dopri5_tol=1e-4, fd_samples=80, fd_floor_steps=20)
@@ -279,6 +285,25 @@ def sdekit_rows(problem: Problem, methods, grids, budgets) -> list[dict]:
     return rows
 
 
+def calibrated(problem: Problem, row: dict, budget: int, nfe: int, evaluations: int, notes, optimizer,
+               **keywords):
+    """``optimizer(sde, score, x_calibration, nfe, reference=..., max_evaluations=evaluations,
+    **keywords)`` (``skd.optimize_time_grid`` or ``skd.optimize_coefficients``) with its cost
+    (seconds, score calls) stored in ``row["calibration"][budget]``; ``None``, with a note, when it
+    refuses the sampler or the budget."""
+    counted = Counted(problem.score_fn)
+    start = time.perf_counter()
+    try:
+        result = optimizer(problem.sde, counted, problem.x_calibration, nfe,
+                           reference=problem.calibration_reference, max_evaluations=evaluations, **keywords)
+    except (ValueError, TypeError) as error:
+        notes.append(f"{problem.name}: {optimizer.__name__}({keywords}, nfe={budget}) refused: {error}")
+        return None
+    row["calibration"][budget] = {"seconds": time.perf_counter() - start, "score_calls": counted.calls,
+                                  "batch": len(problem.x_calibration), "max_evaluations": evaluations}
+    return result
+
+
 def optimized_rows(problem: Problem, methods, budgets, evaluations: int, notes) -> list[dict]:
     """Each sampler of ``methods`` on ``skd.optimize_time_grid``'s grid for each budget, calibrated
     on ``problem.x_calibration`` against ``problem.calibration_reference`` (made as the scored
@@ -295,17 +320,10 @@ def optimized_rows(problem: Problem, methods, budgets, evaluations: int, notes) 
             entry = samplers.get(name)
             calls, saved = entry.calls_per_step(options), entry.saved_calls(options)
             nfe = budget - (budget + saved) % calls    # the calls a grid can spend exactly
-            counted = Counted(problem.score_fn)
-            start = time.perf_counter()
-            try:
-                ts = skd.optimize_time_grid(problem.sde, counted, problem.x_calibration, nfe, solver=name,
-                                            reference=problem.calibration_reference,
-                                            max_evaluations=evaluations, **options)
-            except (ValueError, TypeError) as error:
-                notes.append(f"{problem.name}: optimize_time_grid({name!r}, nfe={budget}) refused: {error}")
+            ts = calibrated(problem, row, budget, nfe, evaluations, notes, skd.optimize_time_grid, solver=name,
+                            **options)
+            if ts is None:
                 continue
-            row["calibration"][budget] = {"seconds": time.perf_counter() - start, "score_calls": counted.calls,
-                                          "batch": len(problem.x_calibration), "max_evaluations": evaluations}
             x, nfe = run_sdekit(problem, problem.x_T, name, ts=ts, **options)
             if nfe > budget:
                 notes.append(f"{problem.name}: optimize_time_grid({name!r}, nfe={budget}) gave a grid of {nfe} "
@@ -315,6 +333,39 @@ def optimized_rows(problem: Problem, methods, budgets, evaluations: int, notes) 
             record(row, budget, (x, nfe, len(ts) - 1), problem.reference)
         rows.append(row)
     return rows
+
+
+def learned_rows(problem: Problem, methods, budgets, evaluations: int, notes) -> list[dict]:
+    """iPNDM with the grid and per-step coefficients of ``skd.optimize_coefficients`` for each
+    budget (``methods``: ``ipndm`` specs, their options passed on), calibrated as
+    :func:`optimized_rows`, at most ``evaluations`` sampler runs each."""
+    if not hasattr(skd, "optimize_coefficients"):
+        notes.append("skd.optimize_coefficients does not exist in this sdekit_diffusion: no learned rows")
+        return []
+    rows = []
+    for spec in methods:
+        name, options, label = parse_method(spec)
+        if name != "ipndm":
+            raise SystemExit(f"--learn {spec!r}: skd.optimize_coefficients learns ipndm's coefficients; "
+                             "give ipndm specs such as ipndm:order=4:afs")
+        row = new_row(f"sdekit {label} (learned)", "sdekit", sampler=name, options=options, variant=label,
+                      grid="learned", ts={}, coefficients={}, calibration={})
+        for budget in budgets:
+            learned = calibrated(problem, row, budget, budget, evaluations, notes, skd.optimize_coefficients,
+                                 **options)
+            if learned is None:
+                continue
+            x, nfe = run_learned(problem, problem.x_T, learned)
+            row["ts"][budget] = [float(t) for t in learned["ts"]]
+            row["coefficients"][budget] = learned["coefficients"].tolist()
+            record(row, budget, (x, nfe, len(learned["ts"]) - 1), problem.reference)
+        rows.append(row)
+    return rows
+
+
+def run_learned(problem: Problem, x_T, learned: dict):
+    keywords = {key: value for key, value in learned.items() if key != "solver"}
+    return run_sdekit(problem, x_T, learned["solver"], **keywords)
 
 
 def run_peer(peer, problem: Problem, x_T, steps: int):
@@ -395,7 +446,11 @@ def frechet_rows(problem: Problem, rows, best, peers, args) -> dict:
                 continue
             row = by_method[best[budget][side]["method"]]
             steps = row["steps"][budget]
-            if side == "sdekit" and row["grid"] == "optimized":
+            if side == "sdekit" and row["grid"] == "learned":
+                x, nfe = run_learned(problem, x_T, dict(row["options"], solver=row["sampler"],
+                                                        ts=torch.tensor(row["ts"][budget]),
+                                                        coefficients=torch.tensor(row["coefficients"][budget])))
+            elif side == "sdekit" and row["grid"] == "optimized":
                 x, nfe = run_sdekit(problem, x_T, row["sampler"], ts=torch.tensor(row["ts"][budget]),
                                     **row.get("options", {}))
             elif side == "sdekit":
@@ -486,14 +541,14 @@ def _family(row) -> str:
 
 
 def plotted_rows(rows) -> list[dict]:
-    """Per sdekit sampler its best fixed grid and its optimized grid; per peer family (the method name
+    """Per sdekit sampler its best fixed grid, its optimized grid and its learned one; per peer family (the method name
     without its grid) its best grid. "Best": the smallest geometric-mean error over the budgets."""
     def score(row):
         errors = list(row["errors"].values())
         return sum(math.log(e) for e in errors) / len(errors) if errors else math.inf
     best = {}
     for row in rows:
-        key = (_family(row), row.get("grid") == "optimized")
+        key = (_family(row), row.get("grid") if row.get("grid") in TUNED else None)
         if row["errors"] and (key not in best or score(row) < score(best[key])):
             best[key] = row
     return list(best.values())
@@ -513,7 +568,7 @@ def plot(results: dict, path: str) -> None:
             budgets = sorted(row["errors"], key=int)
             ax.loglog([row["nfe"][b] for b in budgets], [row["errors"][b] for b in budgets],
                       "-" if row["library"] == "sdekit" else "--", color=color, marker="o", markersize=3,
-                      label=row["method"], linewidth=2.2 if row.get("grid") == "optimized" else 1)
+                      label=row["method"], linewidth=2.2 if row.get("grid") in TUNED else 1)
         budgets = sorted(result["best"], key=int)
         for side, style in (("sdekit", "-"), ("peer", ":")):
             points = [(int(b), result["best"][b][side]["error"]) for b in budgets if result["best"][b][side]]
@@ -522,7 +577,7 @@ def plot(results: dict, path: str) -> None:
         ax.set_ylim(0.5 * min(errors), 2 * sorted(errors)[int(0.95 * (len(errors) - 1))])
         ax.set_xlabel("NFE (budget; a marker left of it: fewer used)")
         ax.set_ylabel(f"mean L2 error vs reference ({result['reference']['method']})")
-        ax.set_title(f"{name}: sdekit (solid; thick: optimized grid) vs peers (dashed, best grid each)",
+        ax.set_title(f"{name}: sdekit (solid; thick: optimized grid or learned) vs peers (dashed, best grid each)",
                      fontsize=9)
         ax.legend(fontsize=6, ncol=2)
         ax.grid(True, which="both", alpha=0.3)
@@ -550,6 +605,13 @@ def parse_args(argv):
                         "(default: --budgets)")
     parser.add_argument("--digits-optimize", default=DIGITS_OPTIMIZED, help="digits: the same")
     parser.add_argument("--digits-optimize-budgets", default="5,10,20", help="digits: the same")
+    parser.add_argument("--learn", default=LEARNED, help="mixture: ipndm specs also run with the grid and "
+                        "coefficients of skd.optimize_coefficients, every budget ('' for none)")
+    parser.add_argument("--digits-learn", default=DIGITS_LEARNED, help="digits: the same, at "
+                        "--digits-optimize-budgets")
+    parser.add_argument("--learn-evaluations", type=int, default=900, help="mixture: optimize_coefficients's "
+                        "max_evaluations")
+    parser.add_argument("--digits-learn-evaluations", type=int, default=300, help="digits: the same")
     parser.add_argument("--evaluations", type=int, default=200, help="mixture: optimize_time_grid's "
                         "max_evaluations (sampler runs on the calibration batch)")
     parser.add_argument("--digits-evaluations", type=int, default=300, help="digits: the same")
@@ -610,6 +672,9 @@ def _run(args) -> dict:
         samplers_chosen = methods if chosen == "all" else [m for m in chosen.split(",") if m]
         wanted = budgets if chosen_budgets is None else [int(b) for b in chosen_budgets.split(",")]
         optimize[name] = (samplers_chosen, [b for b in budgets if b in wanted])
+    learn = {"mixture": ([m for m in args.learn.split(",") if m], optimize["mixture"][1], args.learn_evaluations),
+             "digits": ([m for m in args.digits_learn.split(",") if m], optimize["digits"][1],
+                        args.digits_learn_evaluations)}
     unknown = sorted({parse_method(m)[0] for m in methods + optimize["mixture"][0] + optimize["digits"][0]}
                      - set(every))
     if unknown:
@@ -637,6 +702,7 @@ def _run(args) -> dict:
         problem_notes = []
         rows = sdekit_rows(problem, methods, grids, budgets)
         rows += optimized_rows(problem, *optimize[name], problem.evaluations, problem_notes)
+        rows += learned_rows(problem, *learn[name], problem_notes)
         rows += peer_rows(problem, peers, budgets, problem_notes)
         best = best_per_budget(rows, budgets)
         twins = twin_checks(problem, peers, args.twin_nfe) if args.twin_nfe else []

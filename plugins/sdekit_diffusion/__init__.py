@@ -8,6 +8,7 @@ probability-flow ODEs, score parameterizations (:func:`as_score`, :func:`guided`
 networks (:mod:`sdekit_diffusion.nets`) and training (:func:`dsm_loss`, :class:`Trainer`).
 """
 from . import adapters, data, nets, problems, schedules
+from .coefficient_optimization import optimize_coefficients
 from .grid_optimization import optimize_time_grid
 from .likelihood import bits_per_dim, log_likelihood
 from .losses import ddpm_loss, dsm_loss, hybrid_loss, smld_loss, vlb_loss
@@ -28,4 +29,5 @@ __all__ = ["DiffusionSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "Reverse
            "prediction_to_score", "score_to_prediction", "PREDICTIONS", "problems",
            "GaussianMixture", "sample", "time_grid", "GRIDS", "SPACINGS", "log_likelihood", "bits_per_dim",
            "dsm_loss", "ddpm_loss", "smld_loss", "Trainer", "nets", "data",
-           "vlb_loss", "hybrid_loss", "vlb_bits_per_dim", "optimize_time_grid"]
+           "vlb_loss", "hybrid_loss", "vlb_bits_per_dim", "optimize_time_grid",
+           "optimize_coefficients"]

@@ -159,8 +159,6 @@ def optimize_time_grid(sde: DiffusionSDE, score_fn: Callable, x_T: torch.Tensor,
             finite floating-point tensor of shape ``(batch, *dims)``; options the sampler does not
             take.
     """
-    from .sampling import _final_time, sample
-
     if not isinstance(sde, DiffusionSDE):
         raise TypeError(f"sde must be a DiffusionSDE, got {type(sde).__name__}")
     record = registry.get(solver)
@@ -172,6 +170,22 @@ def optimize_time_grid(sde: DiffusionSDE, score_fn: Callable, x_T: torch.Tensor,
     record.check_options(options)
     steps = _steps(record, nfe, options)
     max_evaluations = positive_int(max_evaluations, "max_evaluations", minimum=len(GRIDS))
+    search = _prepare(sde, score_fn, x_T, nfe, solver, steps, options, t_min=t_min,
+                      reference=reference, max_evaluations=max_evaluations,
+                      reference_tol=reference_tol, difference_step=difference_step,
+                      gradient=gradient)
+    return search.run()
+
+
+def _prepare(sde: DiffusionSDE, score_fn: Callable, x_T: torch.Tensor, nfe: int, solver: str,
+             steps: int, options: dict, *, t_min, reference, max_evaluations: int,
+             reference_tol: float, difference_step, gradient: str) -> "_Search":
+    """A :class:`_Search` over grids of ``steps`` steps whose objective runs ``solver`` with
+    ``options`` and the candidate's keywords on ``x_T`` against the reference (the dopri5 solve
+    of ``x_T``, or ``reference``): the checks and the set-up ``optimize_time_grid`` and
+    :func:`~sdekit_diffusion.optimize_coefficients` share."""
+    from .sampling import _final_time, sample
+
     reference_tol = finite_number(reference_tol, "reference_tol", minimum=0.0, strict=True)
     if gradient not in GRADIENTS:
         raise ValueError(f"gradient must be one of {', '.join(map(repr, GRADIENTS))}, got {gradient!r}")
@@ -196,10 +210,11 @@ def optimize_time_grid(sde: DiffusionSDE, score_fn: Callable, x_T: torch.Tensor,
     lam_ends = sde.log_snr(torch.tensor([t_max, t_end], dtype=torch.float64))
     search = _Search(sde, steps, t_max, t_end, lam_ends, max_evaluations, x_T.dtype, difference_step,
                      gradient)
+    search.reference = reference
 
-    def error(grid: torch.Tensor) -> torch.Tensor:
+    def error(keywords: dict) -> torch.Tensor:
         try:
-            solution = sample(sde, score_fn, x_T=x_T, solver=solver, ts=grid, **options)
+            solution = sample(sde, score_fn, x_T=x_T, solver=solver, **keywords, **options)
         except sdekit.NonFiniteError:
             return torch.tensor(FAILED, dtype=torch.float64)
         if solution.nfe != nfe:    # the registry's calls_per_step disagrees with the sampler
@@ -211,7 +226,7 @@ def optimize_time_grid(sde: DiffusionSDE, score_fn: Callable, x_T: torch.Tensor,
         return mean if torch.isfinite(mean.detach()) else torch.tensor(FAILED, dtype=torch.float64)
 
     search.objective = error
-    return search.run()
+    return search
 
 
 def _steps(record, nfe, options: dict) -> int:
@@ -277,9 +292,10 @@ def _score_precision(score_fn: Callable, x_T: torch.Tensor, t_max: float) -> tor
 
 class _Search:
     """The staged search of the module docstring over the logits ``z`` of one grid size,
-    remembering the best grid met. ``objective(grid) -> 0-d tensor`` is set by the caller (a
-    function of the grid through autograd when the grid requires grad and the sampler and score
-    carry it)."""
+    remembering the best candidate met. A candidate is the sampler keywords a free vector stands
+    for (``decode(free)``; by default ``{"ts": grid(free)}``, or ``None`` when it is no grid);
+    ``objective(candidate) -> 0-d tensor`` is set by the caller (a function of the candidate's
+    tensors through autograd when they require grad and the sampler and score carry it)."""
 
     def __init__(self, sde: DiffusionSDE, steps: int, t_max: float, t_end: float,
                  lam_ends: torch.Tensor, max_evaluations: int, dtype: torch.dtype,
@@ -289,8 +305,10 @@ class _Search:
         self.lam_start, self.lam_range = lam_ends[0], lam_ends[1] - lam_ends[0]
         self.budget = max_evaluations
         self.evaluations = 0
-        self.best_value, self.best_grid = math.inf, None
-        self.objective: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.best_value, self.best = math.inf, None
+        self.objective: Callable[[dict], torch.Tensor] | None = None
+        self.decode: Callable[[object], dict | None] = self.grid_candidate
+        self.reference: torch.Tensor | None = None
         self.used_gradient = "differences"   # what the free stages ran on (the caller reports it)
 
     # -- grids and logits ---------------------------------------------------------------------
@@ -311,6 +329,14 @@ class _Search:
             return None
         return grid
 
+    def grid_candidate(self, free) -> dict | None:
+        grid = self.grid(free)
+        return None if grid is None else {"ts": grid}
+
+    @property
+    def best_grid(self) -> torch.Tensor:
+        return self.best["ts"]
+
     def logits(self, grid: torch.Tensor) -> np.ndarray:
         """The free logits of ``grid`` (``z_i = log h_i - log h_0``, ``h``: log-SNR increments)."""
         lam = self.sde.schedule.log_snr(grid.detach().to(torch.float64))
@@ -323,36 +349,37 @@ class _Search:
             raise _BudgetSpent
         self.evaluations += runs
 
-    def _remember(self, value: float, grid: torch.Tensor) -> None:
+    def _remember(self, value: float, candidate: dict) -> None:
         if value < self.best_value:
-            self.best_value, self.best_grid = value, grid.detach().clone()
+            self.best_value = value
+            self.best = {key: tensor.detach().clone() for key, tensor in candidate.items()}
 
     def value(self, free: np.ndarray) -> float:
-        """The objective at the free logits (one sampler run, no graph)."""
-        grid = self.grid(np.asarray(free, dtype=np.float64))
-        if grid is None:
+        """The objective at the free vector (one sampler run, no graph)."""
+        candidate = self.decode(np.asarray(free, dtype=np.float64))
+        if candidate is None:
             return FAILED
-        return self.evaluate(grid)
+        return self.evaluate(candidate)
 
-    def evaluate(self, grid: torch.Tensor) -> float:
+    def evaluate(self, candidate: dict) -> float:
         self._spend(1)
         with torch.no_grad():
-            value = float(self.objective(grid))
-        self._remember(value, grid)
+            value = float(self.objective(candidate))
+        self._remember(value, candidate)
         return value
 
     def value_and_gradient(self, free: np.ndarray) -> tuple[float, np.ndarray | None]:
-        """The objective and its autograd gradient at the free logits (``GRADIENT_COST`` runs
+        """The objective and its autograd gradient at the free vector (``GRADIENT_COST`` runs
         against the budget); the gradient is ``None`` when the objective carries no graph."""
         z = torch.tensor(np.asarray(free, dtype=np.float64), requires_grad=True)
-        grid = self.grid(z)
-        if grid is None:
+        candidate = self.decode(z)
+        if candidate is None:
             return FAILED, np.zeros_like(free)
         self._spend(GRADIENT_COST)
         with torch.enable_grad():
-            error = self.objective(grid)
+            error = self.objective(candidate)
         value = float(error.detach())
-        self._remember(value, grid)
+        self._remember(value, candidate)
         if not error.requires_grad or not math.isfinite(value) or value >= FAILED:
             return value, None
         (gradient,) = torch.autograd.grad(error, z)
@@ -377,7 +404,7 @@ class _Search:
         fixed = []
         for kind in GRIDS:       # the fixed grids themselves, not their round trip through z
             grid = time_grid(self.sde, steps, kind, self.t_end, self.t_max)
-            fixed.append((self.evaluate(grid), len(fixed), grid))
+            fixed.append((self.evaluate({"ts": grid}), len(fixed), grid))
         if steps == 1:
             return self.best_grid
         try:
@@ -399,16 +426,16 @@ class _Search:
                 else:
                     def smooth(c):
                         return self.value(start + basis @ c)
-                self._minimize(smooth, np.zeros(degree), 2 * LOGIT_BOUND,
+                self._minimize(smooth, np.zeros(degree), [2 * LOGIT_BOUND] * degree,
                                max(1, self.budget // SMOOTH_SHARE // cost), use_autograd)
             free = self.value_and_gradient_or_zero if use_autograd else self.value
-            self._minimize(free, self.logits(self.best_grid), LOGIT_BOUND,
+            self._minimize(free, self.logits(self.best_grid), [LOGIT_BOUND] * (steps - 1),
                            max(1, (self.budget - self.evaluations) // cost), use_autograd)
             # converged with budget left: the free stage again from the other fixed grids, best first
             for _, _, grid in sorted(fixed, key=lambda entry: entry[:2])[1:]:
                 if (self.budget - self.evaluations) // cost < 2:
                     break
-                self._minimize(free, self.logits(grid), LOGIT_BOUND,
+                self._minimize(free, self.logits(grid), [LOGIT_BOUND] * (steps - 1),
                                (self.budget - self.evaluations) // cost, use_autograd)
         except _BudgetSpent:
             pass
@@ -418,14 +445,14 @@ class _Search:
         value, gradient = self.value_and_gradient(free)
         return value, (np.zeros_like(free) if gradient is None else gradient)
 
-    def _minimize(self, function: Callable, x0: np.ndarray, bound: float, max_calls: int,
+    def _minimize(self, function: Callable, x0: np.ndarray, bounds: list[float], max_calls: int,
                   with_gradient: bool) -> None:
-        """L-BFGS-B (scipy) from ``x0`` in the box ``[-bound, bound]``, on ``function``'s own
+        """L-BFGS-B (scipy) from ``x0`` in the box ``|x_j| <= bounds[j]``, on ``function``'s own
         gradient or forward differences; the best point is remembered by the evaluations."""
         from scipy.optimize import minimize
 
         minimize(function, x0, method="L-BFGS-B", jac=True if with_gradient else None,
-                 bounds=[(-bound, bound)] * len(x0),
+                 bounds=[(-bound, bound) for bound in bounds],
                  options={"eps": self.difference_step, "maxfun": max_calls, "maxiter": max_calls,
                           "ftol": 1e-12, "gtol": 1e-10})
 

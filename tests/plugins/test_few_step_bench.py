@@ -41,6 +41,8 @@ def test_quick_run_writes_json_and_plot(quick):
         methods = {row["method"] for row in problem["rows"]}
         assert {"sdekit dpm_solver++_3m (logsnr)", "sdekit ipndm (quadratic)", "sdekit rk4 (logsnr)"} <= methods
         assert ("sdekit dpm_solver++_3m (optimized)" in methods) == hasattr(skd, "optimize_time_grid")
+        learned = {"mixture": "sdekit ipndm[order=4, afs] (learned)", "digits": "sdekit ipndm[order=2] (learned)"}
+        assert (learned[name] in methods) == hasattr(skd, "optimize_coefficients")
         assert [t["nfe"] for t in problem["targets"]] == ([10] if name == "mixture" else [5, 10])
         for row in problem["rows"]:
             assert set(row["errors"]) == {"5", "10"}, row["method"]
@@ -54,6 +56,26 @@ def test_quick_run_writes_json_and_plot(quick):
         assert multistep["errors"]["10"] < multistep["errors"]["5"]        # more steps, smaller error
         best = problem["best"]["10"]
         assert best["sdekit"]["error"] == min(r["errors"]["10"] for r in problem["rows"] if r["library"] == "sdekit")
+
+
+def test_learned_rows_store_a_grid_and_coefficients_that_reproduce_their_error(few_step, quick):
+    """The JSON's learned grid and coefficients, run again on the mixture's scored draws, give the
+    row's error: the row is the sampler the library returns, not a number computed elsewhere."""
+    if not hasattr(skd, "optimize_coefficients"):
+        pytest.skip("no optimize_coefficients")
+    _, data, _ = quick
+    row = next(r for r in data["problems"]["mixture"]["rows"] if r["grid"] == "learned")
+    args = few_step.parse_args(["--quick"])
+    problem = few_step.mixture_problem(args)
+    for budget in ("5", "10"):
+        coefficients = torch.tensor(row["coefficients"][budget], dtype=torch.float64)
+        torch.testing.assert_close(coefficients.sum(1), torch.ones(len(coefficients), dtype=torch.float64))
+        x, nfe = few_step.run_learned(problem, problem.x_T, dict(row["options"], solver=row["sampler"],
+                                                                 ts=torch.tensor(row["ts"][budget]),
+                                                                 coefficients=coefficients))
+        assert nfe == row["nfe"][budget] == int(budget)
+        assert few_step.l2_error(x, problem.reference) == pytest.approx(row["errors"][budget], rel=1e-9)
+        assert row["calibration"][budget]["max_evaluations"] == args.learn_evaluations
 
 
 def test_the_digits_reference_is_tight_and_the_frechet_distances_are_ordered(quick):

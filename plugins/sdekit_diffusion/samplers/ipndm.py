@@ -33,6 +33,14 @@ agree at order 2; at order 3 they misplace a parenthesis (``(1 - a b)/2`` for ``
 the same only on equal steps) and their order-4 coefficients are not Adams–Bashforth's even on
 equal steps (57/24 for :math:`\epsilon_i` instead of 55/24); the tests show both.
 
+``coefficients`` (a tensor of shape ``(steps, order)``; row ``i`` holds :math:`c_{i,0}, \dots,
+c_{i,\text{order}-1}`, zero beyond the step's :math:`q` past predictions): per-step coefficients
+in place of the constant ones, e.g. those :func:`~sdekit_diffusion.optimize_coefficients` learns
+for a grid (the non-stationary multistep methods of Shaul et al., *Bespoke Non-Stationary Solvers
+for Fast Sampling of Diffusion and Flow Models*, ICML 2024, and of S4S, Frankel et al. 2025,
+restricted here to iPNDM's form). The update is the one above with :math:`c^{(q)}_k` replaced by
+:math:`c_{i,k}`; a row summing to 1 keeps the step exact for a constant noise prediction.
+
 ``order`` 1–4 (default 4, the paper's iPNDM); ``order = 1`` is DDIM. ``afs=True``: the analytical
 first step of diff-sampler (:func:`._common.analytic_score`): :math:`\epsilon_0` is the noise
 prediction of standard normal data, :math:`\sigma_0 x/(\alpha_0^2 + \sigma_0^2)` at the initial state :math:`x`, not a score
@@ -55,9 +63,12 @@ ADAMS_BASHFORTH = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12),
 
 
 def ipndm_weights(sigma_ve: torch.Tensor, step_orders: list[int],
-                  variable_step: bool) -> torch.Tensor:
+                  variable_step: bool, coefficients: torch.Tensor | None = None) -> torch.Tensor:
     r"""``(N, max order)``: row ``i`` holds :math:`(\tilde\sigma_{i+1} - \tilde\sigma_i) c_k`
-    (module docstring) for the noise predictions :math:`\epsilon_i, \epsilon_{i-1}, \dots`."""
+    (module docstring) for the noise predictions :math:`\epsilon_i, \epsilon_{i-1}, \dots`;
+    ``coefficients`` (checked by :func:`check_coefficients`) replaces the :math:`c_k`."""
+    if coefficients is not None:
+        return (sigma_ve[1:] - sigma_ve[:-1])[:, None] * coefficients.to(sigma_ve)
     if variable_step:
         return adams_weights(sigma_ve, step_orders, lambda s: s)
     width = max(step_orders)
@@ -68,18 +79,45 @@ def ipndm_weights(sigma_ve: torch.Tensor, step_orders: list[int],
     return (sigma_ve[1:] - sigma_ve[:-1])[:, None] * table[rows]
 
 
+def check_coefficients(coefficients, steps: int, order: int) -> torch.Tensor:
+    """``coefficients`` as a float64 CPU tensor (keeping its autograd graph), or ValueError /
+    TypeError naming what is wrong: shape ``(steps, order)``, finite, zero where step ``i`` has no
+    past prediction yet (column ``k > i``)."""
+    if not isinstance(coefficients, torch.Tensor) or not coefficients.is_floating_point():
+        raise TypeError("ipndm: coefficients must be a floating-point tensor of shape (steps, order), "
+                        f"got {type(coefficients).__name__}")
+    if tuple(coefficients.shape) != (steps, order):
+        raise ValueError(f"ipndm: coefficients has shape {tuple(coefficients.shape)}; a {steps}-step "
+                         f"grid with order={order} needs ({steps}, {order}) (row i: the weights of "
+                         "eps_i, eps_(i-1), ...); pass the grid they were made for and their order")
+    values = coefficients.detach().to(device="cpu", dtype=torch.float64)
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("ipndm: coefficients has non-finite entries")
+    history = torch.arange(order)[None, :] > torch.arange(steps)[:, None]
+    if bool(values[history].ne(0).any()):
+        raise ValueError("ipndm: coefficients[i, k] must be 0 for k > i: step i has only i + 1 noise "
+                         "predictions")
+    return coefficients.to(device="cpu", dtype=torch.float64)
+
+
 @register("ipndm", min_steps=MAX_ORDER, order=MAX_ORDER, data_prediction=True,
           saved_calls=afs_saved_calls)
 def ipndm(ctx: Context, x: torch.Tensor, ts: torch.Tensor, order: int = MAX_ORDER,
-          variable_step: bool = False, afs: bool = False) -> torch.Tensor:
+          variable_step: bool = False, afs: bool = False,
+          coefficients: torch.Tensor | None = None) -> torch.Tensor:
     """iPNDM of ``order`` 1–4 (module docstring); one score call per step (one fewer in all with
-    ``afs``)."""
+    ``afs``); ``coefficients``: per-step ones (``(steps, order)``) instead of Adams–Bashforth's."""
     steps = len(ts) - 1
     check_order("ipndm", order, MAX_ORDER)
     afs = check_afs("ipndm", afs)
     if variable_step not in (True, False):
         raise ValueError(f"variable_step must be True or False, got {variable_step!r}")
+    if coefficients is not None:
+        if variable_step:
+            raise ValueError("ipndm: give coefficients or variable_step=True, not both (the "
+                             "coefficients replace the step's Adams-Bashforth ones)")
+        coefficients = check_coefficients(coefficients, steps, order)
     alpha, sigma, lam = schedule(ctx.sde, coefficient_grid(ts))
     step_orders = [min(order, i + 1) for i in range(steps)]
-    weights = alpha[1:, None] * ipndm_weights(torch.exp(-lam), step_orders, variable_step)
+    weights = alpha[1:, None] * ipndm_weights(torch.exp(-lam), step_orders, variable_step, coefficients)
     return eps_multistep(ctx, x, ts, alpha, sigma, weights, step_orders, afs)
