@@ -57,7 +57,7 @@ from .grid_optimization import (GRADIENT_COST, LOGIT_BOUND,
 from .samplers import registry
 from .samplers._common import check_afs
 from .samplers._multistep import check_order
-from .samplers.ipndm import ADAMS_BASHFORTH, MAX_ORDER
+from .samplers.ipndm import MAX_ORDER, adams_bashforth
 from .sde import DiffusionSDE
 from .time_grids import GRIDS
 
@@ -129,29 +129,17 @@ def optimize_coefficients(sde: DiffusionSDE, score_fn: Callable, x_T: torch.Tens
     search.decode = decode
     start = np.concatenate([search.logits(grid), np.zeros(int(free.sum()))])
     search.evaluate({"ts": grid, "coefficients": base})
-    if len(start):
-        bounds = [LOGIT_BOUND] * logits_count + [COEFFICIENT_BOUND] * (len(start) - logits_count)
-        try:
-            use_autograd = gradient == "autograd" or (gradient == "auto" and search.autograd_agrees(start))
-            cost = GRADIENT_COST if use_autograd else 1
-            function = search.value_and_gradient_or_zero if use_autograd else search.value
-            search._minimize(function, start, bounds, (search.budget - search.evaluations) // cost,
-                             use_autograd)
-        except _BudgetSpent:
-            pass
+    bounds = [LOGIT_BOUND] * logits_count + [COEFFICIENT_BOUND] * (len(start) - logits_count)
+    try:
+        use_autograd = gradient == "autograd" or (gradient == "auto" and search.autograd_agrees(start))
+        cost = GRADIENT_COST if use_autograd else 1
+        function = search.value_and_gradient_or_zero if use_autograd else search.value
+        search._minimize(function, start, bounds, (search.budget - search.evaluations) // cost,
+                         use_autograd)
+    except _BudgetSpent:
+        pass
     return {"solver": SOLVER, "ts": search.best["ts"], "coefficients": search.best["coefficients"],
             **options}
-
-
-def adams_bashforth(steps: int, order: int) -> torch.Tensor:
-    """``(steps, order)``: iPNDM's constant coefficients with the lower-order warm start (row
-    ``i`` those of order ``min(order, i + 1)``): ``skd.sample(solver="ipndm")`` without
-    ``coefficients``."""
-    table = torch.zeros(steps, order, dtype=torch.float64)
-    for i in range(steps):
-        q = min(order, i + 1)
-        table[i, :q] = torch.tensor(ADAMS_BASHFORTH[q - 1], dtype=torch.float64)
-    return table
 
 
 def _free_entries(steps: int, order: int) -> torch.Tensor:
@@ -161,4 +149,4 @@ def _free_entries(steps: int, order: int) -> torch.Tensor:
     return (k >= 1) & (k <= i)
 
 
-__all__ = ["optimize_coefficients", "adams_bashforth"]
+__all__ = ["optimize_coefficients"]

@@ -16,7 +16,8 @@ import torch
 import sdekit
 import sdekit_diffusion as skd
 from sdekit_diffusion import grid_optimization
-from sdekit_diffusion.coefficient_optimization import GRID_SHARE, adams_bashforth
+from sdekit_diffusion.coefficient_optimization import GRID_SHARE
+from sdekit_diffusion.samplers.ipndm import adams_bashforth
 
 from test_optimize_time_grid import problem  # noqa: F401 - the module's fixture: the 2-d mixture
 

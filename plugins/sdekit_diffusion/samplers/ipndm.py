@@ -62,21 +62,28 @@ ADAMS_BASHFORTH = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12),
                    (55 / 24, -59 / 24, 37 / 24, -9 / 24))   # constant-step coefficients, q = 1..4
 
 
+def adams_bashforth(steps: int, order: int) -> torch.Tensor:
+    """``(steps, order)`` float64: iPNDM's constant coefficients with the lower-order warm start
+    (row ``i`` those of order ``min(order, i + 1)``, zero-padded): what ``coefficients=None``
+    means, and where :func:`~sdekit_diffusion.optimize_coefficients` starts."""
+    table = torch.zeros(steps, order, dtype=torch.float64)
+    for i in range(steps):
+        q = min(order, i + 1)
+        table[i, :q] = torch.tensor(ADAMS_BASHFORTH[q - 1], dtype=torch.float64)
+    return table
+
+
 def ipndm_weights(sigma_ve: torch.Tensor, step_orders: list[int],
                   variable_step: bool, coefficients: torch.Tensor | None = None) -> torch.Tensor:
     r"""``(N, max order)``: row ``i`` holds :math:`(\tilde\sigma_{i+1} - \tilde\sigma_i) c_k`
-    (module docstring) for the noise predictions :math:`\epsilon_i, \epsilon_{i-1}, \dots`;
-    ``coefficients`` (checked by :func:`check_coefficients`) replaces the :math:`c_k`."""
-    if coefficients is not None:
-        return (sigma_ve[1:] - sigma_ve[:-1])[:, None] * coefficients.to(sigma_ve)
+    (module docstring) for the noise predictions :math:`\epsilon_i, \epsilon_{i-1}, \dots`
+    (``step_orders[i] = min(order, i + 1)``); ``coefficients`` (checked by
+    :func:`check_coefficients`) replaces the :math:`c_k`."""
     if variable_step:
         return adams_weights(sigma_ve, step_orders, lambda s: s)
-    width = max(step_orders)
-    table = torch.zeros(MAX_ORDER, width, dtype=sigma_ve.dtype, device=sigma_ve.device)
-    for q in range(1, width + 1):
-        table[q - 1, :q] = torch.tensor(ADAMS_BASHFORTH[q - 1], dtype=sigma_ve.dtype)
-    rows = torch.tensor(step_orders, device=sigma_ve.device) - 1
-    return (sigma_ve[1:] - sigma_ve[:-1])[:, None] * table[rows]
+    if coefficients is None:
+        coefficients = adams_bashforth(len(step_orders), max(step_orders))
+    return (sigma_ve[1:] - sigma_ve[:-1])[:, None] * coefficients.to(sigma_ve)
 
 
 def check_coefficients(coefficients, steps: int, order: int) -> torch.Tensor:
