@@ -23,10 +23,10 @@ when the noise prediction is constant along it, and the free numbers are the
 the calibration batch of the Euclidean distance between the sampler's :math:`x(t_{min})` and the
 reference, now over the grid's log-SNR logits and the free coefficients together.
 
-**Search.** (1) ``optimize_time_grid(..., solver="ipndm", order=order, afs=afs)`` with a third of
-``max_evaluations`` (:data:`GRID_SHARE`); (2) L-BFGS-B (scipy) on the logits and coefficients
-together from that grid and Adams–Bashforth's coefficients, with the rest of the budget, on the
-autograd gradient (checked against a central difference as in ``optimize_time_grid``; forward
+**Search.** (1) the search of ``optimize_time_grid(..., solver="ipndm", order=order, afs=afs)``
+(the same reference and objective) with a third of ``max_evaluations`` (:data:`GRID_SHARE`);
+(2) L-BFGS-B (scipy) on the logits and coefficients together from that grid and
+Adams–Bashforth's coefficients, with the rest of the budget, on the autograd gradient (checked against a central difference as in ``optimize_time_grid``; forward
 differences otherwise, one run per free number). The candidate of (1) is evaluated first, so the
 calibration error returned is never above that of (1). Deterministic, like (1).
 
@@ -52,8 +52,7 @@ import torch
 from sdekit.validation import positive_int
 
 from .grid_optimization import (GRADIENT_COST, LOGIT_BOUND,
-                                REFERENCE_TOLERANCE, _BudgetSpent, _prepare, _steps,
-                                optimize_time_grid)
+                                REFERENCE_TOLERANCE, _BudgetSpent, _prepare, _steps)
 from .samplers import registry
 from .samplers._common import check_afs
 from .samplers._multistep import check_order
@@ -108,12 +107,11 @@ def optimize_coefficients(sde: DiffusionSDE, score_fn: Callable, x_T: torch.Tens
     max_evaluations = positive_int(max_evaluations, "max_evaluations",
                                    minimum=2 * GRID_SHARE * len(GRIDS))
     search = _prepare(sde, score_fn, x_T, nfe, SOLVER, steps, options, t_min=t_min,
-                      reference=reference, max_evaluations=max_evaluations - max_evaluations // GRID_SHARE,
+                      reference=reference, max_evaluations=max_evaluations // GRID_SHARE,
                       reference_tol=reference_tol, difference_step=difference_step,
                       gradient=gradient)
-    grid = optimize_time_grid(sde, score_fn, x_T, nfe, SOLVER, t_min=t_min,
-                              reference=search.reference, max_evaluations=max_evaluations // GRID_SHARE,
-                              difference_step=search.difference_step, gradient=gradient, **options)
+    grid = search.run()                                   # stage 1: optimize_time_grid's search
+    search.new_stage(max_evaluations - max_evaluations // GRID_SHARE)
     base, free = adams_bashforth(steps, order), _free_entries(steps, order)
     logits_count = steps - 1
 

@@ -344,6 +344,12 @@ class _Search:
         z = torch.log(h) - torch.log(h[0])
         return np.clip(z[1:].numpy(), -LOGIT_BOUND, LOGIT_BOUND)
 
+    def new_stage(self, budget: int) -> None:
+        """Start another search on the same objective and reference (a caller's own candidates,
+        ``decode``): a fresh budget of ``budget`` runs, nothing remembered."""
+        self.budget, self.evaluations = budget, 0
+        self.best_value, self.best = math.inf, None
+
     def _spend(self, runs: int) -> None:
         if self.evaluations + runs > self.budget:
             raise _BudgetSpent
